@@ -1,0 +1,1 @@
+"""Benchmark tools: a relay-agnostic NIP-01 load generator and peer-relay helpers."""

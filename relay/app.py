@@ -1,0 +1,135 @@
+"""Wiring: open the backends, start the listener and background jobs, shut down cleanly."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+
+import trio
+import trio_asyncio
+from coincurve import PrivateKey
+
+from relay.config import ConfigError, Settings
+from relay.events.ingest import Ingest
+from relay.keys import load_or_create_key, pubkey_hex
+from relay.protocol.limits import Limits
+from relay.pubsub.fanout import Fanout
+from relay.server.listener import handle_stream
+from relay.store.communities import Communities
+from relay.store.db import Database
+from relay.store.embedded import embedded_postgres
+from relay.store.events import EventStore
+from relay.store.migrations import migrate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Relay:
+    settings: Settings
+    limits: Limits
+    db: Database
+    store: EventStore
+    communities: Communities
+    fanout: Fanout
+    ingest: Ingest
+    key: PrivateKey
+
+    @property
+    def pubkey(self) -> str:
+        return pubkey_hex(self.key)
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        checks = {"postgres": "ok" if await self.db.ping() else "unreachable"}
+        return all(v == "ok" for v in checks.values()), checks
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    path = settings.data_path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"RELAY_DATA_DIR {path} cannot be created: {exc.strerror}") from None
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise ConfigError(f"RELAY_DATA_DIR {path} is not readable and writable")
+
+
+@asynccontextmanager
+async def database_url(settings: Settings) -> AsyncIterator[str]:
+    if settings.database_url:
+        yield settings.database_url
+    else:
+        async with embedded_postgres(settings.data_path) as url:
+            yield url
+
+
+@asynccontextmanager
+async def open_database(settings: Settings) -> AsyncIterator[Database]:
+    """Postgres (configured or embedded) with migrations applied, inside a trio-asyncio loop."""
+    prepare_data_dir(settings)
+    async with trio_asyncio.open_loop(), database_url(settings) as url:
+        db = await Database.connect(url, max_size=settings.db_pool_size)
+        try:
+            yield db
+        finally:
+            with trio.CancelScope(shield=True):
+                await db.close()
+
+
+@asynccontextmanager
+async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
+    async with open_database(settings) as db:
+        applied = await migrate(db)
+        if applied:
+            log.info("applied migrations %s", applied)
+        communities = Communities(db)
+        await communities.ensure(list(settings.hosts))
+        store = EventStore(db)
+        fanout = Fanout()
+        limits = settings.limits
+        yield Relay(
+            settings=settings,
+            limits=limits,
+            db=db,
+            store=store,
+            communities=communities,
+            fanout=fanout,
+            ingest=Ingest(store, fanout, limits),
+            key=load_or_create_key(settings.secret_key, settings.data_path),
+        )
+
+
+async def purge_expired_forever(relay: Relay) -> None:
+    while True:
+        await trio.sleep(relay.settings.expiration_purge_seconds)
+        try:
+            purged = await relay.store.purge_expired(int(time.time()))
+        except Exception:
+            log.exception("purging expired events failed")
+            continue
+        if purged:
+            log.info("purged %d expired events", purged)
+
+
+async def serve(
+    settings: Settings, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run the relay until cancelled; reports the bound port through task_status."""
+    async with open_relay(settings) as relay, trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(settings.port, host=settings.bind)
+        port = listeners[0].socket.getsockname()[1]
+        nursery.start_soon(purge_expired_forever, relay)
+        nursery.start_soon(partial(trio.serve_listeners, partial(handle_stream, relay), listeners))
+        log.info(
+            "relay listening on %s:%d for %s (pubkey %s)",
+            settings.bind,
+            port,
+            ", ".join(settings.hosts),
+            relay.pubkey,
+        )
+        task_status.started(port)

@@ -1,0 +1,102 @@
+"""`relay serve | migrate | keygen`: the command line, configured by RELAY_* settings."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+import trio
+from coincurve import PrivateKey
+
+from relay.config import ConfigError, Settings, load_settings, settings_help
+from relay.logs import configure_logging
+from relay.store.db import DatabaseError
+from relay.store.migrations import MigrationError, migrate
+
+log = logging.getLogger("relay")
+
+EXIT_CONFIG = 2
+EXIT_FAILURE = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relay",
+        description="A multi-tenant Nostr relay that hosts git repositories.",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands.add_parser(
+        "serve",
+        help="run the relay (embedded PostgreSQL unless RELAY_DATABASE_URL is set)",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands.add_parser("migrate", help="apply database migrations and exit")
+    commands.add_parser("keygen", help="print a new secret key for RELAY_SECRET_KEY")
+    return parser
+
+
+async def _serve(settings: Settings) -> None:
+    from relay.app import serve
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve, settings)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("received %s, shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+async def _migrate(settings: Settings) -> None:
+    from relay.app import open_database
+
+    async with open_database(settings) as db:
+        applied = await migrate(db)
+        print(f"applied migrations: {applied or 'none (up to date)'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "keygen":
+        print(PrivateKey().secret.hex())
+        return 0
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"relay: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.log_level, settings.log_format)
+    runner = _serve if args.command == "serve" else _migrate
+    try:
+        trio.run(runner, settings)
+    except Exception as exc:
+        known = _find_known_error(exc)
+        if known is None:
+            raise
+        if isinstance(known, ConfigError):
+            print(f"relay: configuration error: {known}", file=sys.stderr)
+            return EXIT_CONFIG
+        print(f"relay: {known}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+def _find_known_error(exc: BaseException) -> Exception | None:
+    """The first error with a message for the operator, looking inside exception groups."""
+    if isinstance(exc, ConfigError | MigrationError | DatabaseError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find_known_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

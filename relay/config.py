@@ -1,0 +1,264 @@
+"""One frozen settings object read from RELAY_* environment variables.
+
+Every setting is declared once in `SETTINGS` (name, default, meaning, parser); `relay --help`
+prints that table, and a bad value stops the relay with one line naming the setting.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from relay.protocol.hosts import normalize_host
+from relay.protocol.limits import Limits
+
+
+class ConfigError(ValueError):
+    """A setting has a value the relay cannot use; the message names the setting."""
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"must be a whole number, got {value!r}") from None
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low} and {high}, got {number}")
+        return number
+
+    return parse
+
+
+def _float_in(low: float, high: float) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"must be a number, got {value!r}") from None
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low} and {high}, got {number}")
+        return number
+
+    return parse
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value.lower() not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, got {value!r}")
+        return value.lower()
+
+    return parse
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be true or false, got {value!r}")
+
+
+def _text(value: str) -> str:
+    return value
+
+
+def _optional_text(value: str) -> str | None:
+    return value or None
+
+
+def _url(*schemes: str) -> Callable[[str], str | None]:
+    def parse(value: str) -> str | None:
+        if not value:
+            return None
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"is not a valid URL: {exc}") from None
+        if parts.scheme not in schemes or not (parts.netloc or parts.path):
+            raise ValueError(f"must be a {' or '.join(schemes)} URL, got {value!r}")
+        return value
+
+    return parse
+
+
+def _public_url(value: str) -> str:
+    parsed = _url("ws", "wss")(value)
+    if parsed is None or not urlsplit(parsed).hostname:
+        raise ValueError(f"must be a ws:// or wss:// URL with a host, got {value!r}")
+    return parsed
+
+
+def _hosts(value: str) -> tuple[str, ...]:
+    hosts = []
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        host = normalize_host(item)
+        if host is None:
+            raise ValueError(f"{item.strip()!r} is not a host name")
+        hosts.append(host)
+    if not hosts:
+        raise ValueError("must name at least one host")
+    return tuple(dict.fromkeys(hosts))
+
+
+def _secret_key(value: str) -> str | None:
+    if not value:
+        return None
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value.lower()):
+        raise ValueError("must be 64 hex characters (a secp256k1 secret key)")
+    return value.lower()
+
+
+def _pubkey(value: str) -> str | None:
+    if not value:
+        return None
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ValueError("must be 64 lowercase hex characters")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    env: str
+    field: str
+    default: str
+    help: str
+    parse: Callable[[str], Any]
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("RELAY_BIND", "bind", "127.0.0.1", "address to listen on", _text),
+    Setting("RELAY_PORT", "port", "7777", "TCP port to listen on (0 picks a free one)",
+            _int_in(0, 65535)),
+    Setting("RELAY_DATA_DIR", "data_dir", "./relay-data",
+            "directory for the embedded database and the relay key", _text),
+    Setting("RELAY_PUBLIC_URL", "public_url", "ws://localhost:7777",
+            "the URL clients use to reach the relay", _public_url),
+    Setting("RELAY_HOSTS", "hosts", "localhost,127.0.0.1",
+            "comma-separated host names served, one community each", _hosts),
+    Setting("RELAY_DATABASE_URL", "database_url", "",
+            "PostgreSQL URL; empty starts an embedded PostgreSQL in the data directory",
+            _url("postgres", "postgresql")),
+    Setting("RELAY_DB_POOL_SIZE", "db_pool_size", "10", "Postgres connections per process",
+            _int_in(1, 200)),
+    Setting("RELAY_SECRET_KEY", "secret_key", "",
+            "relay signing key (hex); empty generates one kept in the data directory",
+            _secret_key),
+    Setting("RELAY_NAME", "name", "relay", "NIP-11 name", _text),
+    Setting("RELAY_DESCRIPTION", "description", "A Nostr relay that hosts git repositories",
+            "NIP-11 description", _text),
+    Setting("RELAY_ADMIN_PUBKEY", "admin_pubkey", "",
+            "NIP-11 pubkey of the operator (hex); empty uses the relay key", _pubkey),
+    Setting("RELAY_CONTACT", "contact", "", "NIP-11 contact", _optional_text),
+    Setting("RELAY_LOG_LEVEL", "log_level", "info", "debug, info, warning or error",
+            _choice("debug", "info", "warning", "error")),
+    Setting("RELAY_LOG_FORMAT", "log_format", "text", "text or json (one JSON object a line)",
+            _choice("text", "json")),
+    Setting("RELAY_EXPIRATION_PURGE_SECONDS", "expiration_purge_seconds", "60",
+            "how often expired events (NIP-40) are purged", _float_in(0.1, 86400)),
+    Setting("RELAY_MAX_MESSAGE_BYTES", "max_message_bytes", "131072",
+            "largest websocket message; larger closes the connection with 1009",
+            _int_in(1024, 64 * 1024 * 1024)),
+    Setting("RELAY_MAX_EVENT_BYTES", "max_event_bytes", "65536", "largest event (its JSON)",
+            _int_in(256, 64 * 1024 * 1024)),
+    Setting("RELAY_MAX_SUBSCRIPTIONS", "max_subscriptions", "200",
+            "open subscriptions per connection", _int_in(1, 100_000)),
+    Setting("RELAY_MAX_FILTERS", "max_filters", "10", "filters per REQ or COUNT",
+            _int_in(1, 1000)),
+    Setting("RELAY_MAX_LIMIT", "max_limit", "500", "clamp for a filter's limit",
+            _int_in(1, 100_000)),
+    Setting("RELAY_DEFAULT_LIMIT", "default_limit", "500",
+            "limit of a filter that names none", _int_in(1, 100_000)),
+    Setting("RELAY_MAX_EVENT_TAGS", "max_event_tags", "2000", "tags per event",
+            _int_in(1, 1_000_000)),
+    Setting("RELAY_MAX_TAG_VALUE_BYTES", "max_tag_value_bytes", "1024",
+            "length of a single-letter tag's value", _int_in(64, 2048)),
+    Setting("RELAY_MAX_SUBID_LENGTH", "max_subid_length", "64", "subscription id length",
+            _int_in(1, 1024)),
+    Setting("RELAY_MAX_FILTER_VALUES", "max_filter_values", "1000",
+            "values in one filter field (ids, authors, kinds, #x)", _int_in(1, 100_000)),
+    Setting("RELAY_MAX_FUTURE_SECONDS", "max_future_seconds", "900",
+            "how far in the future created_at may be", _int_in(0, 10 * 365 * 86400)),
+    Setting("RELAY_MAX_OUTBOUND_BYTES", "max_outbound_bytes", "16777216",
+            "bytes queued for one slow client before it is disconnected",
+            _int_in(64 * 1024, 1024 * 1024 * 1024)),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    bind: str
+    port: int
+    data_dir: str
+    public_url: str
+    hosts: tuple[str, ...]
+    database_url: str | None
+    db_pool_size: int
+    secret_key: str | None
+    name: str
+    description: str
+    admin_pubkey: str | None
+    contact: str | None
+    log_level: str
+    log_format: str
+    expiration_purge_seconds: float
+    max_message_bytes: int
+    max_event_bytes: int
+    max_subscriptions: int
+    max_filters: int
+    max_limit: int
+    default_limit: int
+    max_event_tags: int
+    max_tag_value_bytes: int
+    max_subid_length: int
+    max_filter_values: int
+    max_future_seconds: int
+    max_outbound_bytes: int
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def limits(self) -> Limits:
+        names = {f.name for f in fields(Limits)}
+        return Limits(**{n: getattr(self, n) for n in names if hasattr(self, n)})
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read every setting; `overrides` (by field name) win over the environment."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.field in overrides:
+            values[setting.field] = overrides.pop(setting.field)
+            continue
+        raw = env.get(setting.env, setting.default)
+        try:
+            values[setting.field] = setting.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{setting.env} {exc}") from None
+    if overrides:
+        raise TypeError(f"unknown settings: {sorted(overrides)}")
+    settings = Settings(**values)
+    if settings.default_limit > settings.max_limit:
+        raise ConfigError("RELAY_DEFAULT_LIMIT must not exceed RELAY_MAX_LIMIT")
+    return settings
+
+
+def settings_help() -> str:
+    width = max(len(s.env) for s in SETTINGS)
+    lines = ["settings (environment variables):"]
+    for s in SETTINGS:
+        default = s.default if s.default else "(empty)"
+        lines.append(f"  {s.env.ljust(width)}  {s.help} [default: {default}]")
+    return "\n".join(lines)

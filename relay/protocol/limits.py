@@ -1,0 +1,42 @@
+"""Every hard limit of the relay, in one place. Each is a setting and is advertised in NIP-11."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_message_bytes: int = 128 * 1024
+    max_event_bytes: int = 64 * 1024
+    max_subscriptions: int = 200
+    max_filters: int = 10
+    max_limit: int = 500
+    default_limit: int = 500
+    max_event_tags: int = 2000
+    max_tag_value_bytes: int = 1024
+    max_subid_length: int = 64
+    max_filter_values: int = 1000
+    max_future_seconds: int = 15 * 60
+    auth_window_seconds: int = 10 * 60
+    max_outbound_bytes: int = 16 * 1024 * 1024
+
+    def nip11(self) -> dict[str, object]:
+        """The NIP-11 `limitation` block (standard keys, then this relay's own)."""
+        return {
+            "max_message_length": self.max_message_bytes,
+            "max_subscriptions": self.max_subscriptions,
+            "max_limit": self.max_limit,
+            "default_limit": self.default_limit,
+            "max_subid_length": self.max_subid_length,
+            "max_event_tags": self.max_event_tags,
+            "created_at_upper_limit": self.max_future_seconds,
+            "auth_required": False,
+            "payment_required": False,
+            "restricted_writes": False,
+            "max_event_bytes": self.max_event_bytes,
+            "max_tag_value_bytes": self.max_tag_value_bytes,
+            "max_filters": self.max_filters,
+            "max_filter_values": self.max_filter_values,
+            "max_outbound_bytes": self.max_outbound_bytes,
+        }

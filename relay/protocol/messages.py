@@ -1,0 +1,149 @@
+"""Client-to-relay frames parsed into values, and relay-to-client frames built (NIP-01/42/45).
+
+Parsing never raises: a frame is either a client message or a `Refusal` carrying the
+exact frame to send back (NOTICE, OK false or CLOSED).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from relay.events.model import Event, InvalidEvent, is_hex, parse_event
+from relay.protocol.filters import Filter, InvalidFilter, parse_filters
+from relay.protocol.limits import Limits
+
+
+@dataclass(frozen=True, slots=True)
+class ClientEvent:
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
+class ClientReq:
+    sub_id: str
+    filters: tuple[Filter, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCount:
+    sub_id: str
+    filters: tuple[Filter, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientClose:
+    sub_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientAuth:
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A frame that could not be acted on, and the answer for the client."""
+
+    reply: str
+
+
+ClientMessage = ClientEvent | ClientReq | ClientCount | ClientClose | ClientAuth
+
+
+def _dump(value: list[Any]) -> str:
+    return orjson.dumps(value).decode()
+
+
+def notice(message: str) -> str:
+    return _dump(["NOTICE", message])
+
+
+def ok(event_id: str, accepted: bool, message: str = "") -> str:
+    return _dump(["OK", event_id, accepted, message])
+
+
+def closed(sub_id: str, message: str) -> str:
+    return _dump(["CLOSED", sub_id, message])
+
+
+def eose(sub_id: str) -> str:
+    return _dump(["EOSE", sub_id])
+
+
+def count(sub_id: str, n: int) -> str:
+    return _dump(["COUNT", sub_id, {"count": n}])
+
+
+def auth_challenge(challenge: str) -> str:
+    return _dump(["AUTH", challenge])
+
+
+def event_frame(sub_id: str, raw_event: str) -> str:
+    """An EVENT frame from an event's stored JSON, without decoding it again."""
+    return '["EVENT",' + orjson.dumps(sub_id).decode() + "," + raw_event + "]"
+
+
+def _event_id_of(obj: object) -> str | None:
+    if isinstance(obj, dict):
+        candidate = obj.get("id")
+        if is_hex(candidate, 64):
+            return str(candidate)
+    return None
+
+
+def _parse_event_frame(body: list[Any], verb: str) -> ClientEvent | ClientAuth | Refusal:
+    if len(body) != 2:
+        return Refusal(notice(f"invalid: {verb} takes exactly one event"))
+    try:
+        event = parse_event(body[1])
+    except InvalidEvent as exc:
+        event_id = _event_id_of(body[1])
+        if event_id is None:
+            return Refusal(notice(f"invalid: {exc}"))
+        return Refusal(ok(event_id, False, f"invalid: {exc}"))
+    return ClientEvent(event) if verb == "EVENT" else ClientAuth(event)
+
+
+def _parse_subscription(
+    body: list[Any], verb: str, limits: Limits
+) -> ClientReq | ClientCount | Refusal:
+    if len(body) < 2:
+        return Refusal(notice(f"invalid: {verb} needs a subscription id"))
+    sub_id = body[1]
+    if not isinstance(sub_id, str) or not 1 <= len(sub_id) <= limits.max_subid_length:
+        return Refusal(
+            notice(
+                f"invalid: subscription id must be a string of 1 to "
+                f"{limits.max_subid_length} characters"
+            )
+        )
+    try:
+        filters = parse_filters(body[2:], limits)
+    except InvalidFilter as exc:
+        return Refusal(closed(sub_id, f"invalid: {exc}"))
+    return ClientReq(sub_id, filters) if verb == "REQ" else ClientCount(sub_id, filters)
+
+
+def parse_client_message(frame: str | bytes, limits: Limits) -> ClientMessage | Refusal:
+    try:
+        body = orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
+        reason = "nesting too deep" if "recursion" in str(exc).lower() else "not valid JSON"
+        return Refusal(notice(f"invalid: message is {reason}"))
+    if not isinstance(body, list) or not body:
+        return Refusal(notice("invalid: message must be a non-empty JSON array"))
+    verb = body[0]
+    if verb in ("EVENT", "AUTH"):
+        return _parse_event_frame(body, verb)
+    if verb in ("REQ", "COUNT"):
+        return _parse_subscription(body, verb, limits)
+    if verb == "CLOSE":
+        if len(body) != 2 or not isinstance(body[1], str):
+            return Refusal(notice("invalid: CLOSE takes exactly one subscription id"))
+        return ClientClose(body[1])
+    if isinstance(verb, str):
+        return Refusal(notice(f"invalid: unknown message type {verb[:32]!r}"))
+    return Refusal(notice("invalid: message type must be a string"))

@@ -1,0 +1,58 @@
+"""The per-connection protocol state, without I/O: subscriptions and authenticated keys."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from relay.events.model import Event
+from relay.protocol.filters import Filter, matches_any
+from relay.protocol.limits import Limits
+
+
+@dataclass
+class Subscription:
+    filters: tuple[Filter, ...]
+    # Live events that matched while the stored ones were being read; None once live.
+    backlog: list[tuple[str, str]] | None = field(default_factory=list)
+    backlog_bytes: int = 0
+
+
+@dataclass
+class Session:
+    """One websocket connection's view of the protocol (NIP-01 subscriptions, NIP-42)."""
+
+    host: str
+    limits: Limits
+    challenge: str = field(default_factory=lambda: secrets.token_hex(16))
+    subscriptions: dict[str, Subscription] = field(default_factory=dict)
+    authenticated: set[str] = field(default_factory=set)
+
+    def open(self, sub_id: str, filters: tuple[Filter, ...]) -> str | None:
+        """Add or replace a subscription, live events held back until `go_live`.
+
+        Returns the refusal reason, or None.
+        """
+        if sub_id not in self.subscriptions and len(self.subscriptions) >= (
+            self.limits.max_subscriptions
+        ):
+            return f"blocked: too many open subscriptions (max {self.limits.max_subscriptions})"
+        self.subscriptions[sub_id] = Subscription(filters)
+        return None
+
+    def close(self, sub_id: str) -> bool:
+        return self.subscriptions.pop(sub_id, None) is not None
+
+    def matching(self, event: Event) -> list[tuple[str, Subscription]]:
+        """The subscriptions that should receive this live event, each once."""
+        return [
+            (sid, sub) for sid, sub in self.subscriptions.items() if matches_any(sub.filters, event)
+        ]
+
+    def go_live(self, sub_id: str, sent_ids: set[str]) -> list[str]:
+        """End the stored phase; returns held-back events not already sent, oldest first."""
+        sub = self.subscriptions.get(sub_id)
+        if sub is None or sub.backlog is None:
+            return []
+        held, sub.backlog, sub.backlog_bytes = sub.backlog, None, 0
+        return [raw for event_id, raw in held if event_id not in sent_ids]

@@ -1,0 +1,140 @@
+"""Plain HTTP on the relay's port, parsed with h11: read a request head, send a response.
+
+The bytes read while parsing are kept so a websocket upgrade can replay them into
+trio-websocket, which then performs the handshake itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import h11
+import trio
+
+MAX_HEAD_BYTES = 16 * 1024
+HEAD_TIMEOUT_SECONDS = 10.0
+RECEIVE_CHUNK = 16 * 1024
+
+
+class BadRequest(Exception):
+    """The bytes are not an HTTP/1.1 request head we can act on."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class Request:
+    method: str
+    target: str
+    headers: dict[str, str]
+    raw: bytes  # every byte read from the socket so far
+    conn: h11.Connection
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    @property
+    def query(self) -> str:
+        return self.target.split("?", 1)[1] if "?" in self.target else ""
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name.lower(), "")
+
+    @property
+    def wants_websocket(self) -> bool:
+        return self.header("upgrade").lower() == "websocket"
+
+
+async def read_request(stream: trio.abc.Stream) -> Request | None:
+    """The next request head, or None if the peer closed before sending one."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+    raw = bytearray()
+    with trio.move_on_after(HEAD_TIMEOUT_SECONDS) as timeout:
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise BadRequest(exc.error_status_hint, f"bad request: {exc}") from None
+            if isinstance(event, h11.Request):
+                headers: dict[str, str] = {}
+                for name, value in event.headers:
+                    key = name.decode("latin-1").lower()
+                    text = value.decode("latin-1")
+                    headers[key] = f"{headers[key]}, {text}" if key in headers else text
+                return Request(
+                    method=event.method.decode("ascii"),
+                    target=event.target.decode("latin-1"),
+                    headers=headers,
+                    raw=bytes(raw),
+                    conn=conn,
+                )
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(RECEIVE_CHUNK)
+                if not data:
+                    return None
+                raw += data
+                conn.receive_data(data)
+            else:
+                return None
+    if timeout.cancelled_caught:
+        raise BadRequest(408, "request head not received in time")
+    return None
+
+
+def response_head(status: int, headers: list[tuple[str, str]]) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Unknown"
+    lines = [f"HTTP/1.1 {status} {phrase}", *(f"{k}: {v}" for k, v in headers)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+async def respond(
+    stream: trio.abc.Stream,
+    status: int,
+    body: bytes,
+    content_type: str = "text/plain; charset=utf-8",
+    extra_headers: list[tuple[str, str]] | None = None,
+) -> None:
+    """Send a complete response; the connection is closed after it (one request each)."""
+    headers = [
+        ("Content-Type", content_type),
+        ("Content-Length", str(len(body))),
+        ("Connection", "close"),
+        *(extra_headers or []),
+    ]
+    await stream.send_all(response_head(status, headers) + body)
+
+
+class ReplayStream(trio.abc.Stream):
+    """A stream that first returns bytes already read from the socket, then the socket."""
+
+    def __init__(self, inner: trio.SocketStream, prefix: bytes) -> None:
+        self.inner = inner
+        self._prefix = prefix
+
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        return self.inner.socket
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            size = len(self._prefix) if max_bytes is None else max_bytes
+            data, self._prefix = self._prefix[:size], self._prefix[size:]
+            return data
+        return await self.inner.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

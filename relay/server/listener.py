@@ -1,0 +1,107 @@
+"""The relay's one TCP listener: a websocket upgrade, NIP-11, health, or 404.
+
+The community is resolved from the Host header before anything else; an unknown host gets
+404 and no upgrade. The operator endpoints (/healthz, /readyz) answer on any host, since
+orchestrators probe pods by address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+import orjson
+import trio
+import trio_websocket
+
+from relay.protocol.hosts import normalize_host
+from relay.server.http import BadRequest, ReplayStream, Request, read_request, respond
+from relay.server.nip11 import information_document
+from relay.server.websocket import ClientConnection
+
+if TYPE_CHECKING:
+    from relay.app import Relay
+
+log = logging.getLogger(__name__)
+
+NIP11_TYPE = "application/nostr+json"
+CORS_HEADERS = [
+    ("Access-Control-Allow-Origin", "*"),
+    ("Access-Control-Allow-Headers", "*"),
+    ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+]
+# Frames trio-websocket may buffer before it stops reading the socket (backpressure).
+WS_QUEUE_MESSAGES = 64
+CLOSE_HANDSHAKE_SECONDS = 1.0
+
+
+async def handle_stream(relay: Relay, stream: trio.SocketStream) -> None:
+    try:
+        request = await read_request(stream)
+        if request is not None:
+            await route(relay, stream, request)
+    except BadRequest as exc:
+        await _try_respond(stream, exc.status, exc.reason.encode())
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        await stream.aclose()
+
+
+async def _try_respond(stream: trio.abc.Stream, status: int, body: bytes) -> None:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await respond(stream, status, body)
+
+
+async def route(relay: Relay, stream: trio.SocketStream, request: Request) -> None:
+    if request.path == "/healthz" and request.method == "GET":
+        await respond(stream, 200, b"ok\n")
+        return
+    if request.path == "/readyz" and request.method == "GET":
+        ready, checks = await relay.readiness()
+        body = orjson.dumps({"ready": ready, "checks": checks})
+        await respond(stream, 200 if ready else 503, body, "application/json")
+        return
+    host = normalize_host(request.header("host"))
+    community_id = await relay.communities.resolve(host) if host else None
+    if host is None or community_id is None:
+        await respond(stream, 404, b"unknown host\n")
+        return
+    if request.path != "/":
+        await respond(stream, 404, b"not found\n")
+        return
+    if request.wants_websocket:
+        await serve_websocket(relay, stream, request, community_id, host)
+    elif request.method == "OPTIONS":
+        await respond(stream, 204, b"", extra_headers=CORS_HEADERS)
+    elif request.method in ("GET", "HEAD") and NIP11_TYPE in request.header("accept"):
+        doc = information_document(relay.settings, relay.pubkey)
+        await respond(stream, 200, orjson.dumps(doc), NIP11_TYPE, CORS_HEADERS)
+    else:
+        await respond(
+            stream,
+            404,
+            b"this is a Nostr relay: connect with a websocket, or ask for "
+            b"Accept: application/nostr+json\n",
+        )
+
+
+async def serve_websocket(
+    relay: Relay, stream: trio.SocketStream, request: Request, community_id: int, host: str
+) -> None:
+    async with trio.open_nursery() as nursery:
+        ws_request = await trio_websocket.wrap_server_stream(
+            nursery,
+            ReplayStream(stream, request.raw),
+            message_queue_size=WS_QUEUE_MESSAGES,
+            max_message_size=relay.limits.max_message_bytes,
+        )
+        ws = await ws_request.accept()
+        try:
+            await ClientConnection(relay, ws, community_id, host).run()
+        finally:
+            with trio.move_on_after(CLOSE_HANDSHAKE_SECONDS) as closing:
+                closing.shield = True
+                await ws.aclose()
+            nursery.cancel_scope.cancel()

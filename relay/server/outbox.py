@@ -1,0 +1,65 @@
+"""A connection's bounded outbound queue, measured in bytes.
+
+Answers to the client's own requests wait for room (backpressure on that client only);
+live events never wait: when they do not fit, the connection is marked as a slow consumer.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import trio
+
+
+class Outbox:
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._queue: deque[str] = deque()
+        self._bytes = 0
+        self._changed = trio.Event()
+        self.overflowed = False
+        self.overflow = trio.Event()
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._bytes
+
+    def _push(self, message: str) -> None:
+        self._queue.append(message)
+        self._bytes += len(message)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def give_up(self) -> None:
+        """Mark the client as a slow consumer: it will be told and disconnected."""
+        self.overflowed = True
+        self.overflow.set()
+        self._wake()
+
+    def offer(self, message: str) -> bool:
+        """Queue without waiting; False (and overflowed set) when it does not fit."""
+        if self.overflowed:
+            return False
+        if self._bytes + len(message) > self.max_bytes:
+            self.give_up()
+            return False
+        self._push(message)
+        return True
+
+    async def put(self, message: str) -> None:
+        """Queue, waiting while the outbox is more than half full."""
+        while self._bytes > self.max_bytes // 2 and not self.overflowed:
+            await self._changed.wait()
+        self._push(message)
+
+    async def get(self) -> str:
+        """The next message; raises trio.Cancelled like any wait."""
+        while not self._queue:
+            await self._changed.wait()
+        message = self._queue.popleft()
+        self._bytes -= len(message)
+        self._wake()
+        return message

@@ -1,0 +1,153 @@
+"""One websocket connection: reads frames from its first byte, answers each in order.
+
+The reader never races an admission check: frames are taken off the socket one at a time
+and each gets its answer (OK, CLOSED, NOTICE, EOSE, COUNT) before the next is read.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from relay.events.model import Event
+from relay.events.rules import check_auth_event
+from relay.protocol import messages as msg
+from relay.protocol.session import Session
+from relay.server.outbox import Outbox
+
+if TYPE_CHECKING:
+    from relay.app import Relay
+
+log = logging.getLogger(__name__)
+
+SLOW_CONSUMER_CLOSE_CODE = 1008
+# Time allowed to tell a slow consumer why it is being disconnected.
+GOODBYE_SECONDS = 2.0
+
+
+class LiveSink:
+    """Receives fanned-out events for one connection; never blocks the publisher."""
+
+    def __init__(self, session: Session, outbox: Outbox) -> None:
+        self.session = session
+        self.outbox = outbox
+
+    def deliver(self, event: Event, raw: str) -> None:
+        for sub_id, sub in self.session.matching(event):
+            if sub.backlog is not None:
+                sub.backlog.append((event.id, raw))
+                sub.backlog_bytes += len(raw)
+                if sub.backlog_bytes > self.outbox.max_bytes:
+                    self.outbox.give_up()
+                    return
+            elif not self.outbox.offer(msg.event_frame(sub_id, raw)):
+                return
+
+
+class ClientConnection:
+    def __init__(
+        self, relay: Relay, ws: WebSocketConnection, community_id: int, host: str
+    ) -> None:
+        self.relay = relay
+        self.ws = ws
+        self.community_id = community_id
+        self.session = Session(host=host, limits=relay.limits)
+        self.outbox = Outbox(relay.limits.max_outbound_bytes)
+        self.sink = LiveSink(self.session, self.outbox)
+
+    async def run(self) -> None:
+        fanout = self.relay.fanout
+        fanout.register(self.community_id, self.sink)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write, nursery.cancel_scope)
+                nursery.start_soon(self._watch_slow_consumer, nursery.cancel_scope)
+                await self.outbox.put(msg.auth_challenge(self.session.challenge))
+                await self._read()
+                nursery.cancel_scope.cancel()
+        finally:
+            fanout.unregister(self.community_id, self.sink)
+        if self.outbox.overflowed:
+            await self._disconnect_slow_consumer()
+
+    async def _write(self, scope: trio.CancelScope) -> None:
+        try:
+            while True:
+                await self.ws.send_message(await self.outbox.get())
+        except ConnectionClosed:
+            scope.cancel()
+
+    async def _watch_slow_consumer(self, scope: trio.CancelScope) -> None:
+        await self.outbox.overflow.wait()
+        scope.cancel()
+
+    async def _disconnect_slow_consumer(self) -> None:
+        log.info("disconnecting a slow consumer on %s", self.session.host)
+        with trio.move_on_after(GOODBYE_SECONDS) as goodbye:
+            goodbye.shield = True
+            try:
+                await self.ws.send_message(
+                    msg.notice("error: too slow reading; outbound queue full, disconnecting")
+                )
+                await self.ws.aclose(SLOW_CONSUMER_CLOSE_CODE, "slow consumer")
+            except ConnectionClosed:
+                pass
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                frame = await self.ws.get_message()
+            except ConnectionClosed:
+                return
+            if isinstance(frame, bytes):
+                try:
+                    frame = frame.decode("utf-8")
+                except UnicodeDecodeError:
+                    await self.outbox.put(msg.notice("invalid: message is not valid UTF-8"))
+                    continue
+            await self.handle(frame)
+
+    async def handle(self, frame: str) -> None:
+        parsed = msg.parse_client_message(frame, self.relay.limits)
+        out = self.outbox
+        if isinstance(parsed, msg.Refusal):
+            await out.put(parsed.reply)
+        elif isinstance(parsed, msg.ClientEvent):
+            verdict = await self.relay.ingest.submit(
+                self.community_id, parsed.event, self.session.authenticated, int(time.time())
+            )
+            await out.put(msg.ok(parsed.event.id, verdict.accepted, verdict.message))
+        elif isinstance(parsed, msg.ClientReq):
+            await self._subscribe(parsed)
+        elif isinstance(parsed, msg.ClientCount):
+            n = await self.relay.store.count(self.community_id, parsed.filters, int(time.time()))
+            await out.put(msg.count(parsed.sub_id, n))
+        elif isinstance(parsed, msg.ClientClose):
+            self.session.close(parsed.sub_id)
+        elif isinstance(parsed, msg.ClientAuth):
+            await self._authenticate(parsed.event)
+
+    async def _subscribe(self, req: msg.ClientReq) -> None:
+        refusal = self.session.open(req.sub_id, req.filters)
+        if refusal is not None:
+            await self.outbox.put(msg.closed(req.sub_id, refusal))
+            return
+        stored = await self.relay.store.query(self.community_id, req.filters, int(time.time()))
+        for _, raw in stored:
+            await self.outbox.put(msg.event_frame(req.sub_id, raw))
+        await self.outbox.put(msg.eose(req.sub_id))
+        sent = {event_id for event_id, _ in stored}
+        for raw in self.session.go_live(req.sub_id, sent):
+            await self.outbox.put(msg.event_frame(req.sub_id, raw))
+
+    async def _authenticate(self, event: Event) -> None:
+        reason = check_auth_event(
+            event, self.session.challenge, self.session.host, int(time.time()), self.relay.limits
+        )
+        if reason is None:
+            self.session.authenticated.add(event.pubkey)
+        await self.outbox.put(msg.ok(event.id, reason is None, reason or ""))

@@ -1,0 +1,65 @@
+"""The one crossing from trio into asyncio for Postgres work.
+
+Each `Database.run` call is one trio-to-asyncio crossing holding one pooled connection for
+the whole batch of work, so callers group their queries into one function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import asyncpg
+import trio_asyncio
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+Connection = asyncpg.Connection
+
+
+class DatabaseError(RuntimeError):
+    """Postgres could not be reached or failed in a way the caller cannot classify."""
+
+
+class Database:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 10) -> Database:
+        try:
+            pool = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
+                dsn, min_size=min_size, max_size=max_size, command_timeout=60
+            )
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise DatabaseError(f"cannot connect to the database: {exc}") from exc
+        assert pool is not None
+        return cls(pool)
+
+    async def run(
+        self,
+        work: Callable[Concatenate[Connection, P], Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Run `work(connection, ...)` on the asyncio side with one pooled connection."""
+
+        async def on_asyncio() -> T:
+            async with self._pool.acquire() as conn:
+                return await work(conn, *args, **kwargs)
+
+        result: T = await trio_asyncio.aio_as_trio(on_asyncio)()
+        return result
+
+    async def ping(self) -> bool:
+        async def select_one(conn: Connection) -> Any:
+            return await conn.fetchval("SELECT 1")
+
+        try:
+            return bool(await self.run(select_one) == 1)
+        except (OSError, asyncpg.PostgresError):
+            return False
+
+    async def close(self) -> None:
+        await trio_asyncio.aio_as_trio(self._pool.close)()

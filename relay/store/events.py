@@ -1,0 +1,310 @@
+"""The Postgres event store: atomic replacement, NIP-09 deletion, filter queries, NIP-40 purge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from relay.events import kinds
+from relay.events.kinds import Storage, storage_class
+from relay.events.model import Event
+from relay.events.rules import expiration_of
+from relay.protocol.filters import TAG_LETTERS, Filter
+from relay.store.db import Connection, Database
+
+
+class Saved(Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    SUPERSEDED = "superseded"  # a newer version of the coordinate is already stored
+    DELETED = "deleted"  # its author deleted it (NIP-09); it cannot come back
+
+
+@dataclass(frozen=True, slots=True)
+class Coordinate:
+    kind: int
+    pubkey: str
+    d: str
+
+
+@dataclass(frozen=True, slots=True)
+class SaveResult:
+    outcome: Saved
+    # Addressable/replaceable events removed by this save (a deletion or a replacement).
+    removed: tuple[Coordinate, ...] = field(default=())
+
+
+def coordinate_d(event: Event) -> str | None:
+    """The key of a replaceable ('') or addressable (its d tag) event; None otherwise."""
+    storage = storage_class(event.kind)
+    if storage is Storage.REPLACEABLE:
+        return ""
+    if storage is Storage.ADDRESSABLE:
+        return event.first_tag_value("d") or ""
+    return None
+
+
+def indexed_tags(event: Event) -> list[tuple[str, str]]:
+    """The (name, value) pairs a `#x` filter can match: single-letter tags with a value."""
+    pairs = {(tag[0], tag[1]) for tag in event.tags if len(tag) >= 2 and tag[0] in TAG_LETTERS}
+    return sorted(pairs)
+
+
+def parse_address(value: str) -> Coordinate | None:
+    kind, sep, rest = value.partition(":")
+    pubkey, sep2, d = rest.partition(":")
+    if not sep or not sep2 or not kind.isdigit() or len(pubkey) != 64:
+        return None
+    return Coordinate(int(kind), pubkey, d)
+
+
+# -- queries -------------------------------------------------------------------------------
+
+
+class _Args:
+    def __init__(self, first: list[Any]) -> None:
+        self.values = first
+
+    def add(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+
+def _conditions(flt: Filter, args: _Args) -> list[str]:
+    where = ["e.community_id = $1", "(e.expires_at IS NULL OR e.expires_at > $2)"]
+    if flt.ids is not None:
+        where.append(f"e.id = ANY({args.add([bytes.fromhex(i) for i in sorted(flt.ids)])})")
+    if flt.authors is not None:
+        where.append(
+            f"e.pubkey = ANY({args.add([bytes.fromhex(a) for a in sorted(flt.authors)])})"
+        )
+    if flt.kinds is not None:
+        where.append(f"e.kind = ANY({args.add(sorted(flt.kinds))}::integer[])")
+    if flt.since is not None:
+        where.append(f"e.created_at >= {args.add(flt.since)}")
+    if flt.until is not None:
+        where.append(f"e.created_at <= {args.add(flt.until)}")
+    for name, values in flt.tags:
+        where.append(
+            "EXISTS (SELECT 1 FROM event_tags t WHERE t.community_id = e.community_id"
+            f" AND t.event_id = e.id AND t.name = {args.add(name)}"
+            f" AND t.value = ANY({args.add(sorted(values))}::text[]))"
+        )
+    return where
+
+
+def select_sql(community_id: int, flt: Filter, now: int) -> tuple[str, list[Any]]:
+    args = _Args([community_id, now])
+    where = " AND ".join(_conditions(flt, args))
+    limit = args.add(flt.limit) if flt.limit is not None else "ALL"
+    sql = (
+        f"SELECT e.raw, e.created_at, e.id FROM events e WHERE {where}"
+        f" ORDER BY e.created_at DESC, e.id ASC LIMIT {limit}"
+    )
+    return sql, args.values
+
+
+def count_sql(community_id: int, filters: tuple[Filter, ...], now: int) -> tuple[str, list[Any]]:
+    args = _Args([community_id, now])
+    clauses = [" AND ".join(_conditions(f, args)) for f in filters if f.can_match_anything()]
+    if not clauses:
+        return "SELECT 0", []
+    either = " OR ".join(f"({c})" for c in clauses)
+    return f"SELECT count(*) FROM events e WHERE {either}", args.values
+
+
+# -- the store -----------------------------------------------------------------------------
+
+
+async def _already_deleted(conn: Connection, cid: int, event: Event, d: str | None) -> bool:
+    if await conn.fetchval(
+        "SELECT 1 FROM deleted_events WHERE community_id = $1 AND event_id = $2 AND pubkey = $3",
+        cid,
+        bytes.fromhex(event.id),
+        bytes.fromhex(event.pubkey),
+    ):
+        return True
+    if d is None:
+        return False
+    until = await conn.fetchval(
+        "SELECT deleted_until FROM deleted_coordinates"
+        " WHERE community_id = $1 AND pubkey = $2 AND kind = $3 AND d = $4",
+        cid,
+        bytes.fromhex(event.pubkey),
+        event.kind,
+        d,
+    )
+    return until is not None and event.created_at <= until
+
+
+async def _replace_older(conn: Connection, cid: int, event: Event, d: str) -> Saved | None:
+    """Serialize writers of one coordinate and remove an older version; None to go on."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))",
+        f"{event.pubkey}:{event.kind}:{d}",
+        cid,
+    )
+    current = await conn.fetchrow(
+        "SELECT id, created_at FROM events"
+        " WHERE community_id = $1 AND pubkey = $2 AND kind = $3 AND coordinate_d = $4",
+        cid,
+        bytes.fromhex(event.pubkey),
+        event.kind,
+        d,
+    )
+    if current is None:
+        return None
+    current_id = bytes(current["id"]).hex()
+    if current_id == event.id:
+        return Saved.DUPLICATE
+    newest, lowest_id = current["created_at"], current_id
+    if newest > event.created_at or (newest == event.created_at and lowest_id < event.id):
+        return Saved.SUPERSEDED
+    await conn.execute(
+        "DELETE FROM events WHERE community_id = $1 AND id = $2", cid, current["id"]
+    )
+    return None
+
+
+async def _apply_deletion(conn: Connection, cid: int, request: Event) -> list[Coordinate]:
+    author = bytes.fromhex(request.pubkey)
+    removed: list[Coordinate] = []
+    ids = [bytes.fromhex(v) for v in request.tag_values("e") if len(v) == 64]
+    if ids:
+        rows = await conn.fetch(
+            "DELETE FROM events WHERE community_id = $1 AND id = ANY($2) AND pubkey = $3"
+            " AND kind <> $4 RETURNING kind, coordinate_d",
+            cid,
+            ids,
+            author,
+            kinds.DELETION,
+        )
+        removed += [
+            Coordinate(r["kind"], request.pubkey, r["coordinate_d"])
+            for r in rows
+            if r["coordinate_d"] is not None
+        ]
+        await conn.executemany(
+            "INSERT INTO deleted_events (community_id, event_id, pubkey) VALUES ($1, $2, $3)"
+            " ON CONFLICT DO NOTHING",
+            [(cid, i, author) for i in ids],
+        )
+    for value in request.tag_values("a"):
+        address = parse_address(value)
+        if address is None or address.pubkey != request.pubkey:
+            continue
+        rows = await conn.fetch(
+            "DELETE FROM events WHERE community_id = $1 AND pubkey = $2 AND kind = $3"
+            " AND coordinate_d = $4 AND created_at <= $5 RETURNING kind",
+            cid,
+            author,
+            address.kind,
+            address.d,
+            request.created_at,
+        )
+        removed += [address for _ in rows[:1]]
+        await conn.execute(
+            "INSERT INTO deleted_coordinates (community_id, pubkey, kind, d, deleted_until)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (community_id, pubkey, kind, d)"
+            " DO UPDATE SET deleted_until ="
+            " greatest(deleted_coordinates.deleted_until, excluded.deleted_until)",
+            cid,
+            author,
+            address.kind,
+            address.d,
+            request.created_at,
+        )
+    return removed
+
+
+async def _save(conn: Connection, cid: int, event: Event, raw: str) -> SaveResult:
+    d = coordinate_d(event)
+    async with conn.transaction():
+        if await _already_deleted(conn, cid, event, d):
+            return SaveResult(Saved.DELETED)
+        if d is not None:
+            refused = await _replace_older(conn, cid, event, d)
+            if refused is not None:
+                return SaveResult(refused)
+        inserted = await conn.fetchval(
+            "INSERT INTO events (community_id, id, pubkey, kind, created_at, coordinate_d,"
+            " expires_at, raw) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            " ON CONFLICT DO NOTHING RETURNING 1",
+            cid,
+            bytes.fromhex(event.id),
+            bytes.fromhex(event.pubkey),
+            event.kind,
+            event.created_at,
+            d,
+            expiration_of(event),
+            raw,
+        )
+        if not inserted:
+            return SaveResult(Saved.DUPLICATE)
+        tags = indexed_tags(event)
+        if tags:
+            await conn.executemany(
+                "INSERT INTO event_tags (community_id, name, value, created_at, event_id)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                [(cid, n, v, event.created_at, bytes.fromhex(event.id)) for n, v in tags],
+            )
+        removed: list[Coordinate] = []
+        if event.kind == kinds.DELETION:
+            removed = await _apply_deletion(conn, cid, event)
+        return SaveResult(Saved.STORED, tuple(removed))
+
+
+async def _query(
+    conn: Connection, cid: int, filters: tuple[Filter, ...], now: int
+) -> list[tuple[str, str]]:
+    seen: dict[bytes, tuple[int, bytes, str]] = {}
+    for flt in filters:
+        if flt.limit == 0 or not flt.can_match_anything():
+            continue
+        sql, args = select_sql(cid, flt, now)
+        for row in await conn.fetch(sql, *args):
+            seen[row["id"]] = (row["created_at"], row["id"], row["raw"])
+    ordered = sorted(seen.values(), key=lambda r: (-r[0], r[1]))
+    return [(event_id.hex(), raw) for _, event_id, raw in ordered]
+
+
+class EventStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def save(self, community_id: int, event: Event, raw: str) -> SaveResult:
+        return await self.db.run(_save, community_id, event, raw)
+
+    async def query(
+        self, community_id: int, filters: tuple[Filter, ...], now: int
+    ) -> list[tuple[str, str]]:
+        """(id, JSON) of stored events matching any filter: newest first, ties by lowest id."""
+        return await self.db.run(_query, community_id, filters, now)
+
+    async def count(self, community_id: int, filters: tuple[Filter, ...], now: int) -> int:
+        sql, args = count_sql(community_id, filters, now)
+
+        async def fetch(conn: Connection) -> int:
+            return int(await conn.fetchval(sql, *args))
+
+        return await self.db.run(fetch)
+
+    async def purge_expired(self, now: int, batch: int = 1000) -> int:
+        """Delete expired events in bounded batches; returns how many went."""
+
+        async def purge(conn: Connection) -> int:
+            rows = await conn.fetch(
+                "DELETE FROM events WHERE (community_id, id) IN (SELECT community_id, id"
+                " FROM events WHERE expires_at <= $1 LIMIT $2) RETURNING 1",
+                now,
+                batch,
+            )
+            return len(rows)
+
+        total = 0
+        while (purged := await self.db.run(purge)) > 0:
+            total += purged
+            if purged < batch:
+                break
+        return total

@@ -1,0 +1,160 @@
+"""Test helpers: a websocket Nostr client over real sockets, signed events, SQL peeks."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+import trio
+import trio_websocket
+from coincurve import PrivateKey
+
+from relay.config import Settings
+from relay.events.model import Event, sign_event
+
+RECEIVE_TIMEOUT = 10.0
+_counter = itertools.count()
+
+
+@dataclass
+class RelayUnderTest:
+    port: int
+    settings: Settings
+    db_url: str
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+
+def new_key() -> PrivateKey:
+    return PrivateKey()
+
+
+def make_event(
+    key: PrivateKey | None = None,
+    *,
+    kind: int = 1,
+    content: str | None = None,
+    tags: list[list[str]] | None = None,
+    created_at: int | None = None,
+) -> Event:
+    return sign_event(
+        key or new_key(),
+        kind=kind,
+        content=f"note {next(_counter)}" if content is None else content,
+        tags=tags,
+        created_at=int(time.time()) if created_at is None else created_at,
+    )
+
+
+class NostrClient:
+    """A minimal client: send frames, read frames, with a timeout on every read."""
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self.ws = ws
+        self.challenge: str | None = None
+
+    async def send(self, frame: list[Any] | str | bytes) -> None:
+        if isinstance(frame, list):
+            await self.ws.send_message(orjson.dumps(frame).decode())
+        else:
+            await self.ws.send_message(frame)
+
+    async def recv(self, timeout: float = RECEIVE_TIMEOUT) -> list[Any]:
+        with trio.fail_after(timeout):
+            while True:
+                frame = orjson.loads(await self.ws.get_message())
+                if frame[0] == "AUTH" and self.challenge is None:
+                    self.challenge = frame[1]
+                    continue
+                return list(frame)
+
+    async def expect_nothing(self, seconds: float = 0.3) -> None:
+        with trio.move_on_after(seconds):
+            frame = await self.recv()
+            raise AssertionError(f"unexpected frame {frame}")
+
+    async def publish(self, event: Event) -> list[Any]:
+        await self.send(["EVENT", event.to_dict()])
+        return await self.recv()
+
+    async def req(self, sub_id: str, *filters: dict[str, Any]) -> list[dict[str, Any]]:
+        """Send a REQ and collect stored events up to EOSE."""
+        await self.send(["REQ", sub_id, *filters])
+        events = []
+        while True:
+            frame = await self.recv()
+            if frame[0] == "EOSE":
+                assert frame[1] == sub_id
+                return events
+            assert frame[0] == "EVENT", frame
+            assert frame[1] == sub_id
+            events.append(frame[2])
+
+    async def wait_challenge(self) -> str:
+        with trio.fail_after(RECEIVE_TIMEOUT):
+            while self.challenge is None:
+                frame = orjson.loads(await self.ws.get_message())
+                if frame[0] == "AUTH":
+                    self.challenge = frame[1]
+        return self.challenge
+
+
+@asynccontextmanager
+async def connect(
+    port: int, host: str = "127.0.0.1", *, max_message_size: int = 64 * 1024 * 1024
+) -> AsyncIterator[NostrClient]:
+    """A websocket to the relay on loopback, sending `host` as the Host header."""
+    async with trio.open_nursery() as nursery:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        ws = await trio_websocket.wrap_client_stream(
+            nursery, stream, host, "/", max_message_size=max_message_size
+        )
+        try:
+            yield NostrClient(ws)
+        finally:
+            await ws.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def sql(db_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    """Run one query on its own asyncio loop in a thread, outside the relay's loop."""
+
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(db_url)
+        try:
+            return list(await conn.fetch(query, *args))
+        finally:
+            await conn.close()
+
+    return await trio.to_thread.run_sync(asyncio.run, run())
+
+
+async def http_get(port: int, path: str, host: str = "127.0.0.1", **headers: str) -> tuple[
+    int, dict[str, str], bytes
+]:
+    """A raw HTTP/1.1 GET over loopback; returns status, headers and body."""
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Connection: close"]
+    lines += [f"{k.replace('_', '-')}: {v}" for k, v in headers.items()]
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
+        data = b""
+        with trio.fail_after(RECEIVE_TIMEOUT):
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parsed = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        parsed[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), parsed, body
