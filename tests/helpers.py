@@ -86,14 +86,22 @@ class NostrClient:
         await self.send(["EVENT", event.to_dict()])
         return await self.recv()
 
-    async def req(self, sub_id: str, *filters: dict[str, Any]) -> list[dict[str, Any]]:
-        """Send a REQ and collect stored events up to EOSE."""
+    async def publish_auth(self, event: Event) -> list[Any]:
+        await self.send(["AUTH", event.to_dict()])
+        return await self.recv()
+
+    async def req(
+        self, sub_id: str, *filters: dict[str, Any], live: bool = False
+    ) -> list[dict[str, Any]]:
+        """Send a REQ and collect stored events up to EOSE; then CLOSE it unless `live`."""
         await self.send(["REQ", sub_id, *filters])
         events = []
         while True:
             frame = await self.recv()
             if frame[0] == "EOSE":
                 assert frame[1] == sub_id
+                if not live:
+                    await self.send(["CLOSE", sub_id])
                 return events
             assert frame[0] == "EVENT", frame
             assert frame[1] == sub_id

@@ -38,8 +38,8 @@ async def test_live_event_reaches_matching_subscription_once(relay: RelayUnderTe
     key = new_key()
     async with connect(relay.port) as sub, connect(relay.port) as pub:
         author = make_event(key).pubkey
-        assert await sub.req("a", {"authors": [author]}) == []
-        assert await sub.req("b", {"kinds": [1]}) == []
+        assert await sub.req("a", {"authors": [author]}, live=True) == []
+        assert await sub.req("b", {"kinds": [1]}, live=True) == []
         event = make_event(key)
         assert (await pub.publish(event))[2] is True
         frames = [await sub.recv(), await sub.recv()]
@@ -64,7 +64,7 @@ async def test_req_orders_newest_first_ties_by_lowest_id_and_limits(
 
 async def test_close_stops_live_delivery(relay: RelayUnderTest) -> None:
     async with connect(relay.port) as sub, connect(relay.port) as pub:
-        await sub.req("s", {"kinds": [1]})
+        await sub.req("s", {"kinds": [1]}, live=True)
         await sub.send(["CLOSE", "s"])
         await trio.sleep(0.1)
         await pub.publish(make_event())
