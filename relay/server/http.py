@@ -78,7 +78,7 @@ async def read_request(stream: trio.abc.Stream) -> Request | None:
                 if not data:
                     return None
                 raw += data
-                conn.receive_data(data)
+                conn.receive_data(bytes(data))
             else:
                 return None
     if timeout.cancelled_caught:

@@ -7,7 +7,7 @@ the whole batch of work, so callers group their queries into one function.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import asyncpg
 import trio_asyncio
@@ -47,7 +47,7 @@ class Database:
 
         async def on_asyncio() -> T:
             async with self._pool.acquire() as conn:
-                return await work(conn, *args, **kwargs)
+                return await work(cast(Connection, conn), *args, **kwargs)
 
         result: T = await trio_asyncio.aio_as_trio(on_asyncio)()
         return result

