@@ -10,13 +10,12 @@ import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 
-import asyncpg
-
 from relay.events import rules
 from relay.events.kinds import Storage, storage_class
 from relay.events.model import Event
 from relay.protocol.limits import Limits
 from relay.pubsub.fanout import Fanout
+from relay.store.db import STORE_ERRORS
 from relay.store.events import EventStore, Saved
 
 log = logging.getLogger(__name__)
@@ -64,7 +63,7 @@ class Ingest:
             return Verdict(True, "")
         try:
             result = await self.store.save(community_id, event, raw)
-        except (OSError, asyncpg.PostgresError) as exc:
+        except STORE_ERRORS as exc:
             log.error("storing event %s failed: %s", event.id, exc)
             return Verdict(False, "error: the event could not be stored, try again")
         if result.outcome is Saved.STORED:

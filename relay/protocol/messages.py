@@ -113,11 +113,13 @@ def _parse_subscription(
     if len(body) < 2:
         return Refusal(notice(f"invalid: {verb} needs a subscription id"))
     sub_id = body[1]
-    if not isinstance(sub_id, str) or not 1 <= len(sub_id) <= limits.max_subid_length:
+    if not isinstance(sub_id, str):
+        return Refusal(notice(f"invalid: {verb} subscription id must be a string"))
+    if not 1 <= len(sub_id) <= limits.max_subid_length:
         return Refusal(
-            notice(
-                f"invalid: subscription id must be a string of 1 to "
-                f"{limits.max_subid_length} characters"
+            closed(
+                sub_id,
+                f"invalid: subscription id must have 1 to {limits.max_subid_length} characters",
             )
         )
     try:

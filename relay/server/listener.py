@@ -45,6 +45,9 @@ async def handle_stream(relay: Relay, stream: trio.SocketStream) -> None:
         await _try_respond(stream, exc.status, exc.reason.encode())
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
+    except Exception:
+        # One connection's failure must never take the listener down with it.
+        log.exception("connection handler failed")
     finally:
         await stream.aclose()
 

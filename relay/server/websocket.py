@@ -18,6 +18,7 @@ from relay.events.rules import check_auth_event
 from relay.protocol import messages as msg
 from relay.protocol.session import Session
 from relay.server.outbox import Outbox
+from relay.store.db import STORE_ERRORS
 
 if TYPE_CHECKING:
     from relay.app import Relay
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SLOW_CONSUMER_CLOSE_CODE = 1008
+QUERY_FAILED = "error: the query could not be run, try again"
 # Time allowed to tell a slow consumer why it is being disconnected.
 GOODBYE_SECONDS = 2.0
 
@@ -124,7 +126,14 @@ class ClientConnection:
         elif isinstance(parsed, msg.ClientReq):
             await self._subscribe(parsed)
         elif isinstance(parsed, msg.ClientCount):
-            n = await self.relay.store.count(self.community_id, parsed.filters, int(time.time()))
+            try:
+                n = await self.relay.store.count(
+                    self.community_id, parsed.filters, int(time.time())
+                )
+            except STORE_ERRORS as exc:
+                log.error("COUNT failed: %s", exc)
+                await out.put(msg.closed(parsed.sub_id, QUERY_FAILED))
+                return
             await out.put(msg.count(parsed.sub_id, n))
         elif isinstance(parsed, msg.ClientClose):
             self.session.close(parsed.sub_id)
@@ -136,7 +145,15 @@ class ClientConnection:
         if refusal is not None:
             await self.outbox.put(msg.closed(req.sub_id, refusal))
             return
-        stored = await self.relay.store.query(self.community_id, req.filters, int(time.time()))
+        try:
+            stored = await self.relay.store.query(
+                self.community_id, req.filters, int(time.time())
+            )
+        except STORE_ERRORS as exc:
+            log.error("REQ failed: %s", exc)
+            self.session.close(req.sub_id)
+            await self.outbox.put(msg.closed(req.sub_id, QUERY_FAILED))
+            return
         for _, raw in stored:
             await self.outbox.put(msg.event_frame(req.sub_id, raw))
         await self.outbox.put(msg.eose(req.sub_id))

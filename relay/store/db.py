@@ -16,6 +16,12 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 Connection = asyncpg.Connection
+# What a failed database round trip raises: the caller answers `error:` and carries on.
+STORE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
 
 
 class DatabaseError(RuntimeError):
@@ -58,7 +64,7 @@ class Database:
 
         try:
             return bool(await self.run(select_one) == 1)
-        except (OSError, asyncpg.PostgresError):
+        except STORE_ERRORS:
             return False
 
     async def close(self) -> None:

@@ -6,6 +6,7 @@ import time
 
 import trio
 
+from tests.conftest import ADMIN_URL
 from tests.helpers import RelayUnderTest, connect, make_event, new_key, sql
 
 
@@ -69,3 +70,26 @@ async def test_close_stops_live_delivery(relay: RelayUnderTest) -> None:
         await trio.sleep(0.1)
         await pub.publish(make_event())
         await sub.expect_nothing()
+
+
+async def test_database_failure_answers_error_and_the_connection_survives(
+    relay: RelayUnderTest,
+) -> None:
+    """A database that turns read-only is a real fault, produced on demand."""
+    db = relay.db_url.rsplit("/", 1)[1]
+    kill_sessions = (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    async with connect(relay.port) as client:
+        assert (await client.publish(make_event()))[2] is True
+        await sql(ADMIN_URL, f"ALTER DATABASE {db} SET default_transaction_read_only = on")
+        await sql(relay.db_url, kill_sessions)
+        refused = make_event()
+        assert await client.publish(refused) == [
+            "OK", refused.id, False, "error: the event could not be stored, try again"
+        ]
+        await sql(ADMIN_URL, f"ALTER DATABASE {db} SET default_transaction_read_only = off")
+        await sql(relay.db_url, kill_sessions)
+        assert (await client.publish(refused))[2] is True
+        assert len(await client.req("s", {"kinds": [1]})) == 2
