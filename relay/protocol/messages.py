@@ -133,7 +133,8 @@ def parse_client_message(frame: str | bytes, limits: Limits) -> ClientMessage | 
     try:
         body = orjson.loads(frame)
     except orjson.JSONDecodeError as exc:
-        reason = "nesting too deep" if "recursion" in str(exc).lower() else "not valid JSON"
+        too_deep = any(word in str(exc).lower() for word in ("depth", "recursion"))
+        reason = "nested too deeply" if too_deep else "not valid JSON"
         return Refusal(notice(f"invalid: message is {reason}"))
     if not isinstance(body, list) or not body:
         return Refusal(notice("invalid: message must be a non-empty JSON array"))
