@@ -625,8 +625,15 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     def publishing(p: argparse.ArgumentParser, events: int, connections: int) -> None:
-        p.add_argument("--events", type=_positive, default=events)
-        p.add_argument("--connections", type=_positive, default=connections)
+        p.add_argument(
+            "--events", type=_positive, default=events, help=f"events to send (default {events})"
+        )
+        p.add_argument(
+            "--connections",
+            type=_positive,
+            default=connections,
+            help=f"websocket connections (default {connections})",
+        )
         p.add_argument("--keys", type=_positive, default=8, help="signing keys (default 8)")
         p.add_argument(
             "--window",
@@ -657,8 +664,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_query = sub.add_parser("query", help="time sequential tag REQs from send to EOSE")
     common(p_query)
-    p_query.add_argument("--queries", type=_positive, default=100)
-    p_query.add_argument("--limit", type=_positive, default=500)
+    p_query.add_argument(
+        "--queries", type=_positive, default=100, help="sequential REQs (default 100)"
+    )
+    p_query.add_argument("--limit", type=_positive, default=500, help="REQ limit (default 500)")
     p_query.add_argument(
         "--tag",
         type=parse_tag,
