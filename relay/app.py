@@ -16,6 +16,9 @@ from coincurve import PrivateKey
 
 from relay.config import ConfigError, Settings
 from relay.events.ingest import Ingest
+from relay.git.objectstore import GitObjects, ObjectStore, StoreError
+from relay.git.probe import ProbeFailed
+from relay.git.stores import describe, open_object_store, probe_store
 from relay.keys import load_or_create_key, pubkey_hex
 from relay.protocol.limits import Limits
 from relay.pubsub.fanout import Fanout
@@ -28,6 +31,9 @@ from relay.store.migrations import migrate
 
 log = logging.getLogger(__name__)
 
+# Any key will do: readiness only asks that the object store answers.
+READINESS_KEY = "probe/readiness"
+
 
 @dataclass
 class Relay:
@@ -39,14 +45,25 @@ class Relay:
     fanout: Fanout
     ingest: Ingest
     key: PrivateKey
+    objects: GitObjects
 
     @property
     def pubkey(self) -> str:
         return pubkey_hex(self.key)
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
-        checks = {"postgres": "ok" if await self.db.ping() else "unreachable"}
+        checks = {
+            "postgres": "ok" if await self.db.ping() else "unreachable",
+            "object_store": "ok" if await self._object_store_answers() else "unreachable",
+        }
         return all(v == "ok" for v in checks.values()), checks
+
+    async def _object_store_answers(self) -> bool:
+        try:
+            await self.objects.store.get(READINESS_KEY, 1024)
+        except StoreError:
+            return False
+        return True
 
 
 def prepare_data_dir(settings: Settings) -> None:
@@ -81,9 +98,25 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
                 await db.close()
 
 
+async def check_object_store(store: ObjectStore, settings: Settings) -> None:
+    """Run the conformance probe unless it is switched off; refuse a store that fails it."""
+    if not settings.git_probe:
+        log.warning("object store conformance probe is off (RELAY_GIT_PROBE=off)")
+        return
+    report = await probe_store(store, settings)
+    for line in report.render().splitlines():
+        log.info(line)
+    if not report.ok:
+        raise ProbeFailed(
+            f"the object store ({describe(settings)}) failed the conformance probe; "
+            "the relay will not start on it:\n" + report.render()
+        )
+
+
 @asynccontextmanager
 async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
-    async with open_database(settings) as db:
+    async with open_database(settings) as db, open_object_store(settings) as object_store:
+        await check_object_store(object_store, settings)
         applied = await migrate(db)
         if applied:
             log.info("applied migrations %s", applied)
@@ -101,6 +134,7 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
             fanout=fanout,
             ingest=Ingest(store, fanout, limits),
             key=load_or_create_key(settings.secret_key, settings.data_path),
+            objects=GitObjects(object_store),
         )
 
 

@@ -11,6 +11,7 @@ import trio
 from coincurve import PrivateKey
 
 from relay.config import ConfigError, Settings, load_settings, settings_help
+from relay.git.probe import ProbeFailed
 from relay.logs import configure_logging
 from relay.store.db import DatabaseError
 from relay.store.migrations import MigrationError, migrate
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("migrate", help="apply database migrations and exit")
     commands.add_parser("keygen", help="print a new secret key for RELAY_SECRET_KEY")
+    commands.add_parser(
+        "probe", help="check that the object store honours conditional writes; exit 0 or 1"
+    )
     return parser
 
 
@@ -50,6 +54,17 @@ async def _serve(settings: Settings) -> None:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
+
+
+async def _probe(settings: Settings) -> None:
+    from relay.git.stores import describe, open_object_store, probe_store
+
+    async with open_object_store(settings) as store:
+        report = await probe_store(store, settings)
+    print(f"object store: {describe(settings)}")
+    print(report.render())
+    if not report.ok:
+        raise ProbeFailed("the object store failed the conformance probe")
 
 
 async def _migrate(settings: Settings) -> None:
@@ -71,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"relay: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(settings.log_level, settings.log_format)
-    runner = _serve if args.command == "serve" else _migrate
+    runner = {"serve": _serve, "migrate": _migrate, "probe": _probe}[args.command]
     try:
         trio.run(runner, settings)
     except Exception as exc:
@@ -88,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _find_known_error(exc: BaseException) -> Exception | None:
     """The first error with a message for the operator, looking inside exception groups."""
-    if isinstance(exc, ConfigError | MigrationError | DatabaseError):
+    if isinstance(exc, ConfigError | MigrationError | DatabaseError | ProbeFailed):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:

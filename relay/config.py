@@ -188,6 +188,28 @@ SETTINGS: tuple[Setting, ...] = (
             "values in one filter field (ids, authors, kinds, #x)", _int_in(1, 100_000)),
     Setting("RELAY_MAX_FUTURE_SECONDS", "max_future_seconds", "900",
             "how far in the future created_at may be", _int_in(0, 10 * 365 * 86400)),
+    Setting("RELAY_S3_ENDPOINT", "s3_endpoint", "",
+            "S3 endpoint URL for git objects; empty keeps them under the data directory",
+            _url("http", "https")),
+    Setting("RELAY_S3_BUCKET", "s3_bucket", "", "S3 bucket (required with an endpoint)",
+            _optional_text),
+    Setting("RELAY_S3_REGION", "s3_region", "us-east-1", "S3 region used in signatures", _text),
+    Setting("RELAY_S3_ACCESS_KEY", "s3_access_key", "",
+            "S3 access key; with no keys requests are unsigned", _optional_text),
+    Setting("RELAY_S3_SECRET_KEY", "s3_secret_key", "", "S3 secret key", _optional_text),
+    Setting("RELAY_S3_ADDRESSING", "s3_addressing", "path",
+            "path (endpoint/bucket/key) or virtual (bucket.endpoint/key)",
+            _choice("path", "virtual")),
+    Setting("RELAY_S3_TIMEOUT_SECONDS", "s3_timeout_seconds", "30",
+            "timeout of every object store request", _float_in(0.1, 600)),
+    Setting("RELAY_GIT_PROBE", "git_probe", "on",
+            "run the object store conformance probe at start-up (on or off)", _bool),
+    Setting("RELAY_GIT_PROBE_WRITERS", "git_probe_writers", "32",
+            "concurrent writers in each probe race", _int_in(2, 256)),
+    Setting("RELAY_GIT_PROBE_ROUNDS", "git_probe_rounds", "3", "rounds of each probe race",
+            _int_in(1, 100)),
+    Setting("RELAY_GIT_PROBE_DEADLINE_SECONDS", "git_probe_deadline_seconds", "300",
+            "the whole probe must finish within this time", _float_in(1, 3600)),
     Setting("RELAY_MAX_OUTBOUND_BYTES", "max_outbound_bytes", "16777216",
             "bytes queued for one slow client before it is disconnected",
             _int_in(64 * 1024, 1024 * 1024 * 1024)),
@@ -222,6 +244,17 @@ class Settings:
     max_subid_length: int
     max_filter_values: int
     max_future_seconds: int
+    s3_endpoint: str | None
+    s3_bucket: str | None
+    s3_region: str
+    s3_access_key: str | None
+    s3_secret_key: str | None
+    s3_addressing: str
+    s3_timeout_seconds: float
+    git_probe: bool
+    git_probe_writers: int
+    git_probe_rounds: int
+    git_probe_deadline_seconds: float
     max_outbound_bytes: int
 
     @property
@@ -252,6 +285,12 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     settings = Settings(**values)
     if settings.default_limit > settings.max_limit:
         raise ConfigError("RELAY_DEFAULT_LIMIT must not exceed RELAY_MAX_LIMIT")
+    if bool(settings.s3_access_key) != bool(settings.s3_secret_key):
+        raise ConfigError(
+            "RELAY_S3_ACCESS_KEY and RELAY_S3_SECRET_KEY must be set together, or neither"
+        )
+    if settings.s3_endpoint and not settings.s3_bucket:
+        raise ConfigError("RELAY_S3_BUCKET is required when RELAY_S3_ENDPOINT is set")
     return settings
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,8 +19,13 @@ import trio
 
 from relay.app import serve
 from relay.config import Settings, load_settings
+from relay.git.fsstore import FilesystemStore
+from relay.git.objectstore import ObjectStore
+from relay.git.s3store import S3Config, S3Store
 from tests.helpers import RelayUnderTest
 
+# moto accepts any credentials; requests are signed as they would be for a real S3.
+MOTO_KEY = "testing"
 ADMIN_URL = os.environ.get("RELAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -34,6 +43,86 @@ def _admin(sql: str) -> None:
 def database_url(name: str) -> str:
     base, _, _ = ADMIN_URL.rpartition("/")
     return f"{base}/{name}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A real S3 protocol server (moto) on a free loopback port, for the whole run.
+
+    It serves one request at a time (see tests/moto_serial.py): threaded moto does not make
+    conditional writes atomic, and the conformance probe refuses it.
+    """
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.moto_serial", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("moto_server did not start") from None
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def s3_settings(moto_endpoint: str) -> dict[str, Any]:
+    """Settings overrides for a relay whose git objects live in a fresh moto bucket."""
+    return {
+        "s3_endpoint": moto_endpoint,
+        "s3_bucket": f"test-{uuid.uuid4().hex[:16]}",
+        "s3_access_key": MOTO_KEY,
+        "s3_secret_key": MOTO_KEY,
+    }
+
+
+async def new_s3_store(moto_endpoint: str) -> S3Store:
+    """An S3 store on a bucket of its own in the moto server."""
+    store = S3Store(
+        S3Config(
+            endpoint=moto_endpoint,
+            bucket=f"test-{uuid.uuid4().hex[:16]}",
+            access_key=MOTO_KEY,
+            secret_key=MOTO_KEY,
+            timeout_seconds=10,
+        )
+    )
+    await store.create_bucket()
+    return store
+
+
+@pytest.fixture
+async def s3_store(moto_endpoint: str) -> AsyncIterator[S3Store]:
+    store = await new_s3_store(moto_endpoint)
+    yield store
+    await store.aclose()
+
+
+@pytest.fixture(params=["s3", "filesystem"])
+async def object_store(
+    request: pytest.FixtureRequest, tmp_path: Path, moto_endpoint: str
+) -> AsyncIterator[ObjectStore]:
+    """Each behavioural test runs against both stores."""
+    store: ObjectStore
+    if request.param == "filesystem":
+        store = FilesystemStore(tmp_path / "objects")
+    else:
+        store = await new_s3_store(moto_endpoint)
+    yield store
+    await store.aclose()
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +169,8 @@ def relay_settings(db_url: str, data_dir: Path, **overrides: Any) -> Settings:
         "port": 0,
         "hosts": ("localhost", "127.0.0.1", "alpha.test", "beta.test"),
         "db_pool_size": 4,
+        "git_probe_writers": 4,
+        "git_probe_rounds": 1,
     }
     values.update(overrides)
     return load_settings({}, **values)
