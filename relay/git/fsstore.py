@@ -32,7 +32,7 @@ class FilesystemStore:
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
-        if not parts or any(p in ("", ".", "..") or not _SEGMENT.match(p) for p in parts):
+        if not parts or any(p in ("", ".", "..") or not _SEGMENT.fullmatch(p) for p in parts):
             raise ValueError(f"unsafe object key {key!r}")
         return self.root.joinpath(*parts)
 

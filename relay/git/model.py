@@ -43,7 +43,7 @@ def sha256_hex(data: bytes) -> str:
 def normalize_repo_id(raw: str) -> str:
     """The repo id with a trailing `.git` removed; raises InvalidName when unsafe."""
     repo_id = raw.removesuffix(".git")
-    if not _REPO_ID.match(repo_id):
+    if not _REPO_ID.fullmatch(repo_id):
         raise InvalidName("repo id must be 1-64 characters of A-Z a-z 0-9 . _ -")
     if repo_id.startswith("."):
         raise InvalidName("repo id must not start with '.'")
@@ -53,28 +53,31 @@ def normalize_repo_id(raw: str) -> str:
 
 
 def validate_owner(owner: str) -> str:
-    if not _OWNER.match(owner):
+    if not _OWNER.fullmatch(owner):
         raise InvalidName("owner must be 64 lowercase hex characters")
     return owner
 
 
 def is_safe_refname(name: str) -> bool:
+    """A refname under refs/ that git accepts and no path trick can abuse."""
     return (
         name.startswith("refs/")
         and len(name.encode()) <= MAX_REFNAME_BYTES
         and ".." not in name
         and "//" not in name
-        and not name.endswith("/")
-        and bool(_REFNAME_CHARS.match(name))
+        and not name.endswith(("/", ".", ".lock"))
+        and "/." not in name
+        and ".lock/" not in name
+        and bool(_REFNAME_CHARS.fullmatch(name))
     )
 
 
 def is_oid(value: str) -> bool:
-    return bool(_OID.match(value))
+    return bool(_OID.fullmatch(value))
 
 
 def is_digest(value: str) -> bool:
-    return bool(_DIGEST.match(value))
+    return bool(_DIGEST.fullmatch(value))
 
 
 # -- keys -----------------------------------------------------------------------------------
@@ -150,7 +153,7 @@ class Manifest:
         if len(set(self.packs)) > MAX_MANIFEST_PACKS:
             raise InvalidManifest(f"more than {MAX_MANIFEST_PACKS} packs")
         for key in self.packs:
-            if not _PACK_KEY.match(key):
+            if not _PACK_KEY.fullmatch(key):
                 raise InvalidManifest(f"bad pack key {key[:80]!r}")
         if self.parent is not None and not is_digest(self.parent):
             raise InvalidManifest("parent must be a bare 64-hex manifest digest")
@@ -164,7 +167,8 @@ class Manifest:
             raise InvalidManifest(f"manifest is not JSON: {exc}") from None
         if not isinstance(obj, dict):
             raise InvalidManifest("manifest must be a JSON object")
-        if obj.get("version") != MANIFEST_VERSION:
+        version = obj.get("version")
+        if type(version) is not int or version != MANIFEST_VERSION:
             raise InvalidManifest(f"unknown manifest version {obj.get('version')!r}")
         head, refs, packs, parent = (obj.get(k) for k in ("head", "refs", "packs", "parent"))
         if set(obj) != {"version", "head", "refs", "packs", "parent"}:

@@ -89,11 +89,14 @@ class Probe:
         self.report = ProbeReport()
 
     async def _op(self, call: Callable[[], Awaitable[T]]) -> T:
+        """One store call; a call that never got an HTTP answer is counted and dropped."""
         with trio.move_on_after(self.op_timeout):
             try:
                 return await call()
             except TransportError as exc:
+                self.report.transport_drops += 1
                 raise _Dropped(str(exc)) from exc
+        self.report.transport_drops += 1
         raise _Dropped(f"no answer within {self.op_timeout} s")
 
     async def run(self) -> ProbeReport:
@@ -149,7 +152,6 @@ class Probe:
             try:
                 result = await self._op(lambda: write(i))
             except _Dropped:
-                self.report.transport_drops += 1
                 return
             if isinstance(result, Won):
                 winners.append((i, result))

@@ -105,7 +105,6 @@ class S3Store:
             if response.status_code == 404:
                 return None
             if response.status_code != 200:
-                await response.aread()
                 raise BackendError(f"GET {key}: HTTP {response.status_code}")
             etag = response.headers.get("etag")
             if not etag:

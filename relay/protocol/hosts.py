@@ -25,7 +25,7 @@ def normalize_host(value: str) -> str | None:
         if rest and not (rest.startswith(":") and rest[1:].isdigit()):
             return None
         host = host[: end + 1]
-        return host if _IPV6.match(host) else None
+        return host if _IPV6.fullmatch(host) else None
     if ":" in host:
         host, _, port = host.partition(":")
         if not port.isdigit():
@@ -33,6 +33,6 @@ def normalize_host(value: str) -> str | None:
     host = host.removesuffix(".")
     if not host or len(host) > 253:
         return None
-    if not all(_LABEL.match(label) for label in host.split(".")):
+    if not all(_LABEL.fullmatch(label) for label in host.split(".")):
         return None
     return host

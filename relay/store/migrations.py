@@ -46,7 +46,7 @@ class Migration:
 def load_migrations() -> list[Migration]:
     found = []
     for entry in resources.files("relay.migrations").iterdir():
-        match = _FILE_NAME.match(entry.name)
+        match = _FILE_NAME.fullmatch(entry.name)
         if match:
             found.append(Migration(int(match.group(1)), entry.name, entry.read_text("utf-8")))
     found.sort(key=lambda m: m.version)
