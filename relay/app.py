@@ -15,9 +15,13 @@ import trio_asyncio
 from coincurve import PrivateKey
 
 from relay.config import ConfigError, Settings
+from relay.events import kinds
 from relay.events.ingest import Ingest
+from relay.git.announce import Announcements
 from relay.git.objectstore import GitObjects, ObjectStore, StoreError
 from relay.git.probe import ProbeFailed
+from relay.git.refstate import check_ref_state
+from relay.git.registry import RepoRegistry
 from relay.git.stores import describe, open_object_store, probe_store
 from relay.keys import load_or_create_key, pubkey_hex
 from relay.protocol.limits import Limits
@@ -125,6 +129,17 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
         store = EventStore(db)
         fanout = Fanout()
         limits = settings.limits
+        key = load_or_create_key(settings.secret_key, settings.data_path)
+        objects = GitObjects(object_store)
+        ingest = Ingest(store, fanout, limits, timeout=settings.ingest_timeout_seconds)
+        wire_git(
+            settings,
+            store,
+            ingest,
+            objects,
+            key,
+            RepoRegistry(db, settings.git_max_repos_per_pubkey),
+        )
         yield Relay(
             settings=settings,
             limits=limits,
@@ -132,10 +147,34 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
             store=store,
             communities=communities,
             fanout=fanout,
-            ingest=Ingest(store, fanout, limits),
-            key=load_or_create_key(settings.secret_key, settings.data_path),
-            objects=GitObjects(object_store),
+            ingest=ingest,
+            key=key,
+            objects=objects,
         )
+
+
+def wire_git(
+    settings: Settings,
+    store: EventStore,
+    ingest: Ingest,
+    objects: GitObjects,
+    key: PrivateKey,
+    registry: RepoRegistry,
+) -> Announcements:
+    """NIP-34: announcements reserve names and pointers; ref states are validated."""
+    announcements = Announcements(
+        store,
+        registry,
+        objects,
+        key,
+        compensation_seconds=settings.compensation_timeout_seconds,
+    )
+    ingest.side_effects[kinds.REPO_ANNOUNCEMENT] = announcements
+    ingest.validators[kinds.REPO_ANNOUNCEMENT] = announcements.check
+    ingest.validators[kinds.REPO_STATE] = check_ref_state
+    store.on_removal(announcements.removed_in_transaction)
+    ingest.after_removal.append(announcements.removed_after_commit)
+    return announcements
 
 
 async def purge_expired_forever(relay: Relay) -> None:

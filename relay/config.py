@@ -210,6 +210,12 @@ SETTINGS: tuple[Setting, ...] = (
             _int_in(1, 100)),
     Setting("RELAY_GIT_PROBE_DEADLINE_SECONDS", "git_probe_deadline_seconds", "300",
             "the whole probe must finish within this time", _float_in(1, 3600)),
+    Setting("RELAY_GIT_MAX_REPOS_PER_PUBKEY", "git_max_repos_per_pubkey", "100",
+            "repo names one pubkey may hold in a community", _int_in(0, 1_000_000)),
+    Setting("RELAY_INGEST_TIMEOUT_SECONDS", "ingest_timeout_seconds", "30",
+            "deadline for storing one event with its side effects", _float_in(0.1, 3600)),
+    Setting("RELAY_COMPENSATION_TIMEOUT_SECONDS", "compensation_timeout_seconds", "10",
+            "time allowed to undo a failed side effect", _float_in(0.1, 3600)),
     Setting("RELAY_MAX_OUTBOUND_BYTES", "max_outbound_bytes", "16777216",
             "bytes queued for one slow client before it is disconnected",
             _int_in(64 * 1024, 1024 * 1024 * 1024)),
@@ -255,6 +261,9 @@ class Settings:
     git_probe_writers: int
     git_probe_rounds: int
     git_probe_deadline_seconds: float
+    git_max_repos_per_pubkey: int
+    ingest_timeout_seconds: float
+    compensation_timeout_seconds: float
     max_outbound_bytes: int
 
     @property

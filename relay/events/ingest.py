@@ -1,53 +1,69 @@
-"""The ingest pipeline: rules, signature, storage, fan-out; it answers every EVENT with an OK.
+"""The ingest pipeline: rules, signature, storage, side effects, fan-out; one OK per EVENT.
 
-`OK true` is returned only after the event is durably stored (or, for an ephemeral event,
-handed to fan-out). Side-effect handlers run between storage and the answer.
+`OK true` is returned only after the event is durably stored and its side effects are
+committed (an ephemeral event: handed to fan-out). Fan-out happens after that, so a
+subscriber never sees an event that is then rolled back.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection
+
+import trio
 
 from relay.events import rules
 from relay.events.kinds import Storage, storage_class
 from relay.events.model import Event
+from relay.events.side_effects import Handled, SideEffect, Verdict
 from relay.protocol.limits import Limits
 from relay.pubsub.fanout import Fanout
 from relay.store.db import STORE_ERRORS
-from relay.store.events import EventStore, Saved
+from relay.store.events import Coordinate, EventStore, Saved
 
 log = logging.getLogger(__name__)
 
+DEFAULT_INGEST_SECONDS = 30.0
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    accepted: bool
-    message: str
-
-
-_ANSWERS = {
+ANSWERS = {
     Saved.STORED: Verdict(True, ""),
     Saved.DUPLICATE: Verdict(True, "duplicate: already have this event"),
     Saved.SUPERSEDED: Verdict(False, "duplicate: a newer version of this event is stored"),
     Saved.DELETED: Verdict(False, "blocked: this event was deleted by its author"),
 }
+STORE_FAILED = Verdict(False, "error: the event could not be stored, try again")
+TIMED_OUT = Verdict(False, "error: storing the event took too long, try again")
+
+# Called after a deletion committed, with what it removed (e.g. to drop git pointers).
+AfterRemoval = Callable[[int, tuple[Coordinate, ...]], Awaitable[None]]
 
 
 class Ingest:
-    def __init__(self, store: EventStore, fanout: Fanout, limits: Limits) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        fanout: Fanout,
+        limits: Limits,
+        *,
+        timeout: float = DEFAULT_INGEST_SECONDS,
+    ) -> None:
         self.store = store
         self.fanout = fanout
         self.limits = limits
+        self.timeout = timeout
+        self.side_effects: dict[int, SideEffect] = {}
+        self.validators: dict[int, Callable[[Event], str | None]] = {}
+        self.after_removal: list[AfterRemoval] = []
 
     def precheck(
         self, event: Event, raw: str, authenticated: Collection[str], now: int
     ) -> str | None:
         """Every rule that needs no I/O, cheapest first; the refusal reason or None."""
+        validator = self.validators.get(event.kind)
         return (
             rules.check_shape_limits(event, len(raw.encode()), self.limits, now)
             or rules.check_publishable(event, authenticated)
+            or (validator(event) if validator else None)
             or rules.check_signature(event)
         )
 
@@ -61,11 +77,46 @@ class Ingest:
         if storage_class(event.kind) is Storage.EPHEMERAL:
             self.fanout.publish(community_id, event, raw)
             return Verdict(True, "")
-        try:
-            result = await self.store.save(community_id, event, raw)
-        except STORE_ERRORS as exc:
-            log.error("storing event %s failed: %s", event.id, exc)
-            return Verdict(False, "error: the event could not be stored, try again")
-        if result.outcome is Saved.STORED:
-            self.fanout.publish(community_id, event, raw)
-        return _ANSWERS[result.outcome]
+        handled: Handled | None = None
+        with trio.move_on_after(self.timeout):
+            try:
+                handled = await self._handle(community_id, event, raw)
+            except STORE_ERRORS as exc:
+                log.error("storing event %s failed: %s", event.id, exc)
+                return STORE_FAILED
+        if handled is None:
+            return TIMED_OUT
+        for published, published_raw in handled.publish:
+            self.fanout.publish(community_id, published, published_raw)
+        return handled.verdict
+
+    async def _handle(self, community_id: int, event: Event, raw: str) -> Handled:
+        side_effect = self.side_effects.get(event.kind)
+        if side_effect is not None:
+            return await run_side_effect(side_effect, community_id, event, raw)
+        result = await self.store.save(community_id, event, raw)
+        if result.removed:
+            for listener in self.after_removal:
+                await listener(community_id, result.removed)
+        stored = result.outcome is Saved.STORED
+        return Handled(ANSWERS[result.outcome], ((event, raw),) if stored else ())
+
+
+async def run_side_effect(
+    side_effect: SideEffect, community_id: int, event: Event, raw: str
+) -> Handled:
+    """Run a handler as a task of its own nursery: cancelling ingest cancels it cleanly."""
+    outcome: list[Handled] = []
+
+    async def task() -> None:
+        outcome.append(await side_effect(community_id, event, raw))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(task)
+    except BaseExceptionGroup as group:
+        # One task: re-raise its error as itself, so callers classify it like any other.
+        if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+            raise group.exceptions[0] from None
+        raise
+    return outcome[0]

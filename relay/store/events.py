@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -57,6 +58,9 @@ def parse_address(value: str) -> Coordinate | None:
     if not sep or not sep2 or not kind.isdigit() or len(pubkey) != 64:
         return None
     return Coordinate(int(kind), pubkey, d)
+
+
+RemovalHook = Callable[[Connection, int, tuple[Coordinate, ...]], Awaitable[None]]
 
 
 # -- queries -------------------------------------------------------------------------------
@@ -218,41 +222,69 @@ async def _apply_deletion(conn: Connection, cid: int, request: Event) -> list[Co
     return removed
 
 
-async def _save(conn: Connection, cid: int, event: Event, raw: str) -> SaveResult:
+async def _save_in_transaction(conn: Connection, cid: int, event: Event, raw: str) -> SaveResult:
     d = coordinate_d(event)
-    async with conn.transaction():
-        if await _already_deleted(conn, cid, event, d):
-            return SaveResult(Saved.DELETED)
-        if d is not None:
-            refused = await _replace_older(conn, cid, event, d)
-            if refused is not None:
-                return SaveResult(refused)
-        inserted = await conn.fetchval(
-            "INSERT INTO events (community_id, id, pubkey, kind, created_at, coordinate_d,"
-            " expires_at, raw) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-            " ON CONFLICT DO NOTHING RETURNING 1",
-            cid,
-            bytes.fromhex(event.id),
-            bytes.fromhex(event.pubkey),
-            event.kind,
-            event.created_at,
-            d,
-            expiration_of(event),
-            raw,
+    if await _already_deleted(conn, cid, event, d):
+        return SaveResult(Saved.DELETED)
+    if d is not None:
+        refused = await _replace_older(conn, cid, event, d)
+        if refused is not None:
+            return SaveResult(refused)
+    inserted = await conn.fetchval(
+        "INSERT INTO events (community_id, id, pubkey, kind, created_at, coordinate_d,"
+        " expires_at, raw) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        " ON CONFLICT DO NOTHING RETURNING 1",
+        cid,
+        bytes.fromhex(event.id),
+        bytes.fromhex(event.pubkey),
+        event.kind,
+        event.created_at,
+        d,
+        expiration_of(event),
+        raw,
+    )
+    if not inserted:
+        return SaveResult(Saved.DUPLICATE)
+    tags = indexed_tags(event)
+    if tags:
+        await conn.executemany(
+            "INSERT INTO event_tags (community_id, name, value, created_at, event_id)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            [(cid, n, v, event.created_at, bytes.fromhex(event.id)) for n, v in tags],
         )
-        if not inserted:
-            return SaveResult(Saved.DUPLICATE)
-        tags = indexed_tags(event)
-        if tags:
-            await conn.executemany(
-                "INSERT INTO event_tags (community_id, name, value, created_at, event_id)"
-                " VALUES ($1, $2, $3, $4, $5)",
-                [(cid, n, v, event.created_at, bytes.fromhex(event.id)) for n, v in tags],
-            )
-        removed: list[Coordinate] = []
-        if event.kind == kinds.DELETION:
-            removed = await _apply_deletion(conn, cid, event)
-        return SaveResult(Saved.STORED, tuple(removed))
+    removed: list[Coordinate] = []
+    if event.kind == kinds.DELETION:
+        removed = await _apply_deletion(conn, cid, event)
+    return SaveResult(Saved.STORED, tuple(removed))
+
+
+class _Refused(Exception):
+    def __init__(self, result: SaveResult) -> None:
+        self.result = result
+
+
+async def _save_together(
+    conn: Connection,
+    cid: int,
+    events: list[tuple[Event, str]],
+    hooks: tuple[RemovalHook, ...],
+) -> list[SaveResult]:
+    """Save events in one transaction; all are kept only if the first is stored (or a
+    duplicate). Removal hooks run in the same transaction."""
+    try:
+        async with conn.transaction():
+            results: list[SaveResult] = []
+            for event, raw in events:
+                result = await _save_in_transaction(conn, cid, event, raw)
+                if not results and result.outcome not in (Saved.STORED, Saved.DUPLICATE):
+                    raise _Refused(result)
+                results.append(result)
+                if result.removed:
+                    for hook in hooks:
+                        await hook(conn, cid, result.removed)
+            return results
+    except _Refused as refused:
+        return [refused.result]
 
 
 async def _query(
@@ -272,15 +304,44 @@ async def _query(
 class EventStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.removal_hooks: tuple[RemovalHook, ...] = ()
+
+    def on_removal(self, hook: RemovalHook) -> None:
+        """Run `hook` in the transaction that removes addressable or replaceable events."""
+        self.removal_hooks = (*self.removal_hooks, hook)
 
     async def save(self, community_id: int, event: Event, raw: str) -> SaveResult:
-        return await self.db.run(_save, community_id, event, raw)
+        return (await self.save_together(community_id, [(event, raw)]))[0]
+
+    async def save_together(
+        self, community_id: int, events: list[tuple[Event, str]]
+    ) -> list[SaveResult]:
+        """Store the first event and its companions atomically (see _save_together)."""
+        return await self.db.run(_save_together, community_id, events, self.removal_hooks)
 
     async def query(
         self, community_id: int, filters: tuple[Filter, ...], now: int
     ) -> list[tuple[str, str]]:
         """(id, JSON) of stored events matching any filter: newest first, ties by lowest id."""
         return await self.db.run(_query, community_id, filters, now)
+
+    async def latest_created_at(
+        self, community_id: int, pubkey: str, kind: int, d: str
+    ) -> int | None:
+        """created_at of the stored version of a replaceable or addressable coordinate."""
+
+        async def fetch(conn: Connection) -> int | None:
+            value = await conn.fetchval(
+                "SELECT max(created_at) FROM events WHERE community_id = $1 AND pubkey = $2"
+                " AND kind = $3 AND coordinate_d = $4",
+                community_id,
+                bytes.fromhex(pubkey),
+                kind,
+                d,
+            )
+            return None if value is None else int(value)
+
+        return await self.db.run(fetch)
 
     async def count(self, community_id: int, filters: tuple[Filter, ...], now: int) -> int:
         sql, args = count_sql(community_id, filters, now)

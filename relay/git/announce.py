@@ -1,0 +1,189 @@
+"""Kind 30617 repo announcements: reserve the name, establish the pointer, store the event.
+
+The event and its side effects succeed or fail together. A fresh claim (`Reserved`) seeds
+the shared empty manifest strictly and publishes the initial relay-signed 30618; a
+re-announcement by the owner (`AlreadyOwned`) leaves an existing pointer untouched and
+publishes nothing. Only the attempt that reserved a name may release it, and it does so
+whenever it does not end with the announcement stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from coincurve import PrivateKey
+
+from relay.events import kinds
+from relay.events.ingest import ANSWERS
+from relay.events.model import Event
+from relay.events.side_effects import Compensation, Handled, Verdict
+from relay.git import model
+from relay.git.objectstore import GitObjects, StoreError, Won
+from relay.git.refstate import build_ref_state
+from relay.git.registry import (
+    AlreadyOwned,
+    QuotaExceeded,
+    RepoRegistry,
+    Reserved,
+    TakenByOther,
+    new_attempt,
+    release_in,
+)
+from relay.keys import pubkey_hex
+from relay.store.db import Connection
+from relay.store.events import Coordinate, EventStore, Saved
+
+log = logging.getLogger(__name__)
+
+SEED_FAILED = Verdict(False, "error: the repository storage could not be prepared, try again")
+
+
+class SeedError(Exception):
+    """The pointer could not be established; the announcement fails."""
+
+
+async def seed_pointer(objects: GitObjects, key: str) -> None:
+    """Strict: create the pointer on the shared empty manifest, or find exactly that."""
+    empty = await objects.put_manifest(model.EMPTY_MANIFEST)
+    if not isinstance(await objects.cas_pointer(key, empty, None), Won):
+        current = await objects.read_pointer(key)
+        if current is None:
+            raise SeedError(f"{key} lost its create race and then vanished")
+        if current[1] != empty:
+            raise SeedError(f"{key} already names a non-empty manifest; refusing to overwrite")
+
+
+async def ensure_pointer(objects: GitObjects, key: str) -> None:
+    """Tolerant: an existing pointer, empty or not, is left alone; a missing one is seeded."""
+    if await objects.read_pointer(key) is None:
+        await seed_pointer(objects, key)
+
+
+def announced_repo_id(event: Event) -> str:
+    """The repo id of an announcement: its first `d` tag, which must be a valid repo id."""
+    d = event.first_tag_value("d")
+    if d is None:
+        raise model.InvalidName("a repo announcement needs a d tag with the repo id")
+    if model.normalize_repo_id(d) != d:
+        raise model.InvalidName("the repo id in the d tag must not end in .git")
+    return d
+
+
+class Announcements:
+    """The side effect of kind 30617, and the clean-up when an announcement is deleted."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        registry: RepoRegistry,
+        objects: GitObjects,
+        relay_key: PrivateKey,
+        *,
+        compensation_seconds: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.objects = objects
+        self.relay_key = relay_key
+        self.relay_pubkey = pubkey_hex(relay_key)
+        self.compensation_seconds = compensation_seconds
+        self.clock = clock
+
+    @staticmethod
+    def check(event: Event) -> str | None:
+        try:
+            announced_repo_id(event)
+        except model.InvalidName as exc:
+            return f"invalid: {exc}"
+        return None
+
+    async def __call__(self, community_id: int, event: Event, raw: str) -> Handled:
+        repo_id = announced_repo_id(event)
+        owner = event.pubkey
+        attempt = new_attempt()
+        async with Compensation(self.compensation_seconds) as undo:
+            # Registered before the claim is tried: cancelled with the claim made but its
+            # answer not yet seen, the undo still finds and releases exactly this claim.
+            undo.push(
+                "release repo name",
+                lambda: self.registry.release_attempt(community_id, repo_id, owner, attempt),
+            )
+            reservation = await self.registry.reserve(community_id, repo_id, owner, attempt)
+            if isinstance(reservation, TakenByOther):
+                return Handled(Verdict(False, f"blocked: repo name {repo_id} is taken"))
+            if isinstance(reservation, QuotaExceeded):
+                return Handled(
+                    Verdict(False, f"blocked: limit of {reservation.limit} repos per pubkey")
+                )
+            fresh = isinstance(reservation, Reserved)
+            key = model.pointer_key(community_id, owner, repo_id)
+            try:
+                await (seed_pointer if fresh else ensure_pointer)(self.objects, key)
+            except (SeedError, StoreError) as exc:
+                log.error("announcement of %s/%s failed: %s", owner, repo_id, exc)
+                return Handled(SEED_FAILED)
+            batch = [(event, raw)]
+            if fresh:
+                state = await self._initial_ref_state(community_id, repo_id, owner)
+                batch.append((state, state.to_json()))
+            results = await self.store.save_together(community_id, batch)
+            outcome = results[0].outcome
+            if outcome not in (Saved.STORED, Saved.DUPLICATE):
+                return Handled(ANSWERS[outcome])
+            undo.commit()
+        assert isinstance(reservation, Reserved | AlreadyOwned)
+        stored = [
+            item
+            for item, result in zip(batch, results, strict=True)
+            if result.outcome is Saved.STORED
+        ]
+        return Handled(ANSWERS[outcome], tuple(stored))
+
+    async def _initial_ref_state(self, community_id: int, repo_id: str, owner: str) -> Event:
+        previous = await self.store.latest_created_at(
+            community_id, self.relay_pubkey, kinds.REPO_STATE, repo_id
+        )
+        created_at = max(int(self.clock()), (previous or 0) + 1)
+        return build_ref_state(
+            self.relay_key,
+            repo_id=repo_id,
+            head=model.DEFAULT_HEAD,
+            refs={},
+            actor=owner,
+            created_at=created_at,
+        )
+
+    # -- deletion of an announcement ------------------------------------------------------
+
+    async def removed_in_transaction(
+        self, conn: Connection, community_id: int, removed: tuple[Coordinate, ...]
+    ) -> None:
+        """Release the name and delete the relay's 30618, atomically with the deletion."""
+        for coordinate in removed:
+            if coordinate.kind != kinds.REPO_ANNOUNCEMENT:
+                continue
+            await release_in(conn, community_id, coordinate.d, coordinate.pubkey)
+            await conn.execute(
+                "DELETE FROM events WHERE community_id = $1 AND pubkey = $2 AND kind = $3"
+                " AND coordinate_d = $4",
+                community_id,
+                bytes.fromhex(self.relay_pubkey),
+                kinds.REPO_STATE,
+                coordinate.d,
+            )
+
+    async def removed_after_commit(
+        self, community_id: int, removed: tuple[Coordinate, ...]
+    ) -> None:
+        """Drop the pointer of each deleted repo; objects stay for a later collection."""
+        for coordinate in removed:
+            if coordinate.kind != kinds.REPO_ANNOUNCEMENT:
+                continue
+            try:
+                key = model.pointer_key(community_id, coordinate.pubkey, coordinate.d)
+                await self.objects.store.delete(key)
+            except (model.InvalidName, StoreError) as exc:
+                log.error("removing the pointer of deleted repo %s failed: %s", coordinate, exc)

@@ -1,0 +1,171 @@
+"""The repo-name registry in Postgres: the primary key is the race guard.
+
+`reserve` claims a name with one INSERT ... ON CONFLICT DO NOTHING and re-reads on
+conflict; a row that vanished in between is TakenByOther, so a name is granted only when
+it was atomically claimed. An owner's reservations are serialized by a transaction-scoped
+advisory lock, so the per-owner quota holds under concurrent announcements.
+
+Each claim records the attempt that made it. `release_attempt` deletes a row only for that
+attempt, and only while no announcement of the repo is stored, so a compensation can be
+registered before the reservation is even tried: whether the claim happened, happened
+and was cancelled before its answer arrived, or belongs to someone else, it does the right
+thing.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from relay.events import kinds
+from relay.store.db import Connection, Database
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AlreadyOwned:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class TakenByOther:
+    owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaExceeded:
+    limit: int
+
+
+Reservation = Reserved | AlreadyOwned | TakenByOther | QuotaExceeded
+
+
+def new_attempt() -> str:
+    return secrets.token_hex(16)
+
+
+async def _reserve(
+    conn: Connection, community_id: int, repo_id: str, owner: str, attempt: str, quota: int
+) -> Reservation:
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))",
+            f"git-repo-quota:{owner}",
+            community_id,
+        )
+        holder = await conn.fetchval(
+            "SELECT owner_pubkey FROM git_repo_names WHERE community_id = $1 AND repo_id = $2",
+            community_id,
+            repo_id,
+        )
+        if holder == owner:
+            return AlreadyOwned()
+        if holder is not None:
+            return TakenByOther(holder)
+        owned = await conn.fetchval(
+            "SELECT count(*) FROM git_repo_names WHERE community_id = $1 AND owner_pubkey = $2",
+            community_id,
+            owner,
+        )
+        if owned >= quota:
+            return QuotaExceeded(quota)
+        claimed = await conn.fetchval(
+            "INSERT INTO git_repo_names (community_id, repo_id, owner_pubkey, attempt)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING owner_pubkey",
+            community_id,
+            repo_id,
+            owner,
+            attempt,
+        )
+        if claimed is not None:
+            return Reserved()
+        holder = await conn.fetchval(
+            "SELECT owner_pubkey FROM git_repo_names WHERE community_id = $1 AND repo_id = $2",
+            community_id,
+            repo_id,
+        )
+    # Another owner's claim committed first, or it vanished again: never grant it here.
+    if holder == owner:
+        return AlreadyOwned()
+    return TakenByOther(holder or "")
+
+
+async def release_in(conn: Connection, community_id: int, repo_id: str, owner: str) -> int:
+    """Delete the row only if `owner` holds it; returns the rows deleted (0 or 1)."""
+    rows = await conn.fetch(
+        "DELETE FROM git_repo_names WHERE community_id = $1 AND repo_id = $2"
+        " AND owner_pubkey = $3 RETURNING 1",
+        community_id,
+        repo_id,
+        owner,
+    )
+    return len(rows)
+
+
+async def _release_attempt(
+    conn: Connection, community_id: int, repo_id: str, owner: str, attempt: str
+) -> int:
+    """Compensation: undo this attempt's claim unless its announcement got stored."""
+    rows = await conn.fetch(
+        "DELETE FROM git_repo_names WHERE community_id = $1 AND repo_id = $2"
+        " AND owner_pubkey = $3 AND attempt = $4 AND NOT EXISTS (SELECT 1 FROM events"
+        " WHERE community_id = $1 AND pubkey = $5 AND kind = $6 AND coordinate_d = $2)"
+        " RETURNING 1",
+        community_id,
+        repo_id,
+        owner,
+        attempt,
+        bytes.fromhex(owner),
+        kinds.REPO_ANNOUNCEMENT,
+    )
+    return len(rows)
+
+
+class RepoRegistry:
+    def __init__(self, db: Database, quota: int) -> None:
+        self.db = db
+        self.quota = quota
+
+    async def reserve(
+        self, community_id: int, repo_id: str, owner: str, attempt: str | None = None
+    ) -> Reservation:
+        """Claim a name for `owner`; `attempt` identifies the claim for release_attempt."""
+        token = attempt or new_attempt()
+        return await self.db.run(_reserve, community_id, repo_id, owner, token, self.quota)
+
+    async def owner_of(self, community_id: int, repo_id: str) -> str | None:
+        async def fetch(conn: Connection) -> str | None:
+            value = await conn.fetchval(
+                "SELECT owner_pubkey FROM git_repo_names"
+                " WHERE community_id = $1 AND repo_id = $2",
+                community_id,
+                repo_id,
+            )
+            return None if value is None else str(value)
+
+        return await self.db.run(fetch)
+
+    async def count_for_owner(self, community_id: int, owner: str) -> int:
+        async def fetch(conn: Connection) -> int:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM git_repo_names"
+                    " WHERE community_id = $1 AND owner_pubkey = $2",
+                    community_id,
+                    owner,
+                )
+            )
+
+        return await self.db.run(fetch)
+
+    async def release(self, community_id: int, repo_id: str, owner: str) -> int:
+        return await self.db.run(release_in, community_id, repo_id, owner)
+
+    async def release_attempt(
+        self, community_id: int, repo_id: str, owner: str, attempt: str
+    ) -> int:
+        return await self.db.run(_release_attempt, community_id, repo_id, owner, attempt)
