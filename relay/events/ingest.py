@@ -30,6 +30,7 @@ ANSWERS = {
     Saved.DUPLICATE: Verdict(True, "duplicate: already have this event"),
     Saved.SUPERSEDED: Verdict(False, "duplicate: a newer version of this event is stored"),
     Saved.DELETED: Verdict(False, "blocked: this event was deleted by its author"),
+    Saved.REFUSED: Verdict(False, "error: the event changed state while being stored, try again"),
 }
 STORE_FAILED = Verdict(False, "error: the event could not be stored, try again")
 TIMED_OUT = Verdict(False, "error: storing the event took too long, try again")

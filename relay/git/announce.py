@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 
 from coincurve import PrivateKey
 
@@ -53,6 +54,25 @@ async def seed_pointer(objects: GitObjects, key: str) -> None:
             raise SeedError(f"{key} lost its create race and then vanished")
         if current[1] != empty:
             raise SeedError(f"{key} already names a non-empty manifest; refusing to overwrite")
+
+
+async def drop_empty_pointer(objects: GitObjects, key: str) -> None:
+    """Remove a pointer that still names the shared empty manifest (nothing was pushed)."""
+    current = await objects.read_pointer(key)
+    if current is not None and current[1] == model.EMPTY_MANIFEST.digest:
+        await objects.store.delete(key)
+
+
+async def name_held(conn: Connection, community_id: int, *, repo_id: str, owner: str) -> bool:
+    """Inside the storing transaction: the owner still holds the name (and keeps it until
+    the transaction ends), so an announcement is never stored without its registry row."""
+    holder = await conn.fetchval(
+        "SELECT owner_pubkey FROM git_repo_names WHERE community_id = $1 AND repo_id = $2"
+        " FOR SHARE",
+        community_id,
+        repo_id,
+    )
+    return bool(holder == owner)
 
 
 async def ensure_pointer(objects: GitObjects, key: str) -> None:
@@ -104,13 +124,19 @@ class Announcements:
         repo_id = announced_repo_id(event)
         owner = event.pubkey
         attempt = new_attempt()
+        key = model.pointer_key(community_id, owner, repo_id)
+        seeded = False
+
+        async def undo_claim() -> None:
+            """Release this attempt's claim and, if that happened, the pointer it seeded."""
+            released = await self.registry.release_attempt(community_id, repo_id, owner, attempt)
+            if released and seeded:
+                await drop_empty_pointer(self.objects, key)
+
         async with Compensation(self.compensation_seconds) as undo:
             # Registered before the claim is tried: cancelled with the claim made but its
             # answer not yet seen, the undo still finds and releases exactly this claim.
-            undo.push(
-                "release repo name",
-                lambda: self.registry.release_attempt(community_id, repo_id, owner, attempt),
-            )
+            undo.push("release repo name", undo_claim)
             reservation = await self.registry.reserve(community_id, repo_id, owner, attempt)
             if isinstance(reservation, TakenByOther):
                 return Handled(Verdict(False, f"blocked: repo name {repo_id} is taken"))
@@ -119,9 +145,12 @@ class Announcements:
                     Verdict(False, f"blocked: limit of {reservation.limit} repos per pubkey")
                 )
             fresh = isinstance(reservation, Reserved)
-            key = model.pointer_key(community_id, owner, repo_id)
             try:
-                await (seed_pointer if fresh else ensure_pointer)(self.objects, key)
+                if fresh:
+                    seeded = True
+                    await seed_pointer(self.objects, key)
+                else:
+                    await ensure_pointer(self.objects, key)
             except (SeedError, StoreError) as exc:
                 log.error("announcement of %s/%s failed: %s", owner, repo_id, exc)
                 return Handled(SEED_FAILED)
@@ -129,7 +158,9 @@ class Announcements:
             if fresh:
                 state = await self._initial_ref_state(community_id, repo_id, owner)
                 batch.append((state, state.to_json()))
-            results = await self.store.save_together(community_id, batch)
+            results = await self.store.save_together(
+                community_id, batch, precondition=partial(name_held, repo_id=repo_id, owner=owner)
+            )
             outcome = results[0].outcome
             if outcome not in (Saved.STORED, Saved.DUPLICATE):
                 return Handled(ANSWERS[outcome])

@@ -20,6 +20,7 @@ class Saved(Enum):
     DUPLICATE = "duplicate"
     SUPERSEDED = "superseded"  # a newer version of the coordinate is already stored
     DELETED = "deleted"  # its author deleted it (NIP-09); it cannot come back
+    REFUSED = "refused"  # the caller's precondition did not hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,7 @@ def parse_address(value: str) -> Coordinate | None:
 
 
 RemovalHook = Callable[[Connection, int, tuple[Coordinate, ...]], Awaitable[None]]
+Precondition = Callable[[Connection, int], Awaitable[bool]]
 
 
 # -- queries -------------------------------------------------------------------------------
@@ -268,11 +270,15 @@ async def _save_together(
     cid: int,
     events: list[tuple[Event, str]],
     hooks: tuple[RemovalHook, ...],
+    precondition: Precondition | None,
 ) -> list[SaveResult]:
     """Save events in one transaction; all are kept only if the first is stored (or a
-    duplicate). Removal hooks run in the same transaction."""
+    duplicate). Removal hooks run in the same transaction; so does the precondition,
+    first: when it does not hold, nothing is stored and the outcome is REFUSED."""
     try:
         async with conn.transaction():
+            if precondition is not None and not await precondition(conn, cid):
+                raise _Refused(SaveResult(Saved.REFUSED))
             results: list[SaveResult] = []
             for event, raw in events:
                 result = await _save_in_transaction(conn, cid, event, raw)
@@ -314,10 +320,15 @@ class EventStore:
         return (await self.save_together(community_id, [(event, raw)]))[0]
 
     async def save_together(
-        self, community_id: int, events: list[tuple[Event, str]]
+        self,
+        community_id: int,
+        events: list[tuple[Event, str]],
+        precondition: Precondition | None = None,
     ) -> list[SaveResult]:
         """Store the first event and its companions atomically (see _save_together)."""
-        return await self.db.run(_save_together, community_id, events, self.removal_hooks)
+        return await self.db.run(
+            _save_together, community_id, events, self.removal_hooks, precondition
+        )
 
     async def query(
         self, community_id: int, filters: tuple[Filter, ...], now: int
