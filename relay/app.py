@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import trio
 import trio_asyncio
@@ -22,7 +24,9 @@ from relay.git.objectstore import GitObjects, ObjectStore, StoreError
 from relay.git.probe import ProbeFailed
 from relay.git.refstate import check_ref_state
 from relay.git.registry import RepoRegistry
+from relay.git.smart_http import GitService
 from relay.git.stores import describe, open_object_store, probe_store
+from relay.git.workspace import GitLimits
 from relay.keys import load_or_create_key, pubkey_hex
 from relay.protocol.limits import Limits
 from relay.pubsub.fanout import Fanout
@@ -50,6 +54,8 @@ class Relay:
     ingest: Ingest
     key: PrivateKey
     objects: GitObjects
+    registry: RepoRegistry
+    git: GitService | None = None
 
     @property
     def pubkey(self) -> str:
@@ -132,15 +138,9 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
         key = load_or_create_key(settings.secret_key, settings.data_path)
         objects = GitObjects(object_store)
         ingest = Ingest(store, fanout, limits, timeout=settings.ingest_timeout_seconds)
-        wire_git(
-            settings,
-            store,
-            ingest,
-            objects,
-            key,
-            RepoRegistry(db, settings.git_max_repos_per_pubkey),
-        )
-        yield Relay(
+        registry = RepoRegistry(db, settings.git_max_repos_per_pubkey)
+        wire_git(settings, store, ingest, objects, key, registry)
+        relay = Relay(
             settings=settings,
             limits=limits,
             db=db,
@@ -150,7 +150,21 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
             ingest=ingest,
             key=key,
             objects=objects,
+            registry=registry,
         )
+        relay.git = GitService(
+            relay,
+            GitLimits(
+                max_pack_bytes=settings.git_max_pack_bytes,
+                max_repo_bytes=settings.git_max_repo_bytes,
+                timeout_seconds=settings.git_timeout_seconds,
+            ),
+            Path(settings.git_scratch_dir or tempfile.gettempdir()),
+            public_read=settings.git_public_read,
+            processes=trio.CapacityLimiter(settings.git_max_processes),
+            auth_window=settings.git_auth_window_seconds,
+        )
+        yield relay
 
 
 def wire_git(

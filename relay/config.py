@@ -212,6 +212,21 @@ SETTINGS: tuple[Setting, ...] = (
             "the whole probe must finish within this time", _float_in(1, 3600)),
     Setting("RELAY_GIT_MAX_REPOS_PER_PUBKEY", "git_max_repos_per_pubkey", "100",
             "repo names one pubkey may hold in a community", _int_in(0, 1_000_000)),
+    Setting("RELAY_GIT_PUBLIC_READ", "git_public_read", "true",
+            "anyone may clone and fetch; false requires NIP-98 for reads too", _bool),
+    Setting("RELAY_GIT_MAX_PACK_BYTES", "git_max_pack_bytes", "268435456",
+            "largest pack one push may bring (HTTP 413 beyond)", _int_in(1024, 1 << 40)),
+    Setting("RELAY_GIT_MAX_REPO_BYTES", "git_max_repo_bytes", "1073741824",
+            "largest repository, all packs together (HTTP 413 beyond)", _int_in(1024, 1 << 42)),
+    Setting("RELAY_GIT_MAX_PROCESSES", "git_max_processes", "8",
+            "git operations at once per process (HTTP 503 beyond)", _int_in(1, 1024)),
+    Setting("RELAY_GIT_TIMEOUT_SECONDS", "git_timeout_seconds", "300",
+            "time one git subprocess may take (HTTP 504 beyond)", _float_in(1, 86400)),
+    Setting("RELAY_GIT_SCRATCH_DIR", "git_scratch_dir", "",
+            "where requests hydrate temporary repositories; empty uses the system temp dir",
+            _text),
+    Setting("RELAY_GIT_AUTH_WINDOW_SECONDS", "git_auth_window_seconds", "60",
+            "how old a NIP-98 token may be", _int_in(1, 3600)),
     Setting("RELAY_INGEST_TIMEOUT_SECONDS", "ingest_timeout_seconds", "30",
             "deadline for storing one event with its side effects", _float_in(0.1, 3600)),
     Setting("RELAY_COMPENSATION_TIMEOUT_SECONDS", "compensation_timeout_seconds", "10",
@@ -262,6 +277,13 @@ class Settings:
     git_probe_rounds: int
     git_probe_deadline_seconds: float
     git_max_repos_per_pubkey: int
+    git_public_read: bool
+    git_max_pack_bytes: int
+    git_max_repo_bytes: int
+    git_max_processes: int
+    git_timeout_seconds: float
+    git_scratch_dir: str
+    git_auth_window_seconds: int
     ingest_timeout_seconds: float
     compensation_timeout_seconds: float
     max_outbound_bytes: int

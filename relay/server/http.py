@@ -6,6 +6,7 @@ trio-websocket, which then performs the handshake itself.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -15,6 +16,8 @@ import trio
 MAX_HEAD_BYTES = 16 * 1024
 HEAD_TIMEOUT_SECONDS = 10.0
 RECEIVE_CHUNK = 16 * 1024
+
+BodySink = Callable[[bytes], Awaitable[None]]
 
 
 class BadRequest(Exception):
@@ -138,3 +141,61 @@ class ReplayStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+class BodyTooLarge(Exception):
+    """The request body is larger than the route allows."""
+
+
+async def read_body(
+    stream: trio.abc.Stream, request: Request, max_bytes: int, sink: BodySink
+) -> int:
+    """Feed the request body (plain or chunked) to `sink`; returns its length.
+
+    Answers `Expect: 100-continue` first. Raises BodyTooLarge past `max_bytes` and
+    BadRequest when the client stops before the end of the body.
+    """
+    conn = request.conn
+    if conn.they_are_waiting_for_100_continue:
+        await stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+    total = 0
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise BadRequest(400, f"bad request body: {exc}") from None
+        if isinstance(event, h11.Data):
+            total += len(event.data)
+            if total > max_bytes:
+                raise BodyTooLarge(f"request body larger than {max_bytes} bytes")
+            await sink(bytes(event.data))
+        elif isinstance(event, h11.EndOfMessage):
+            return total
+        elif event is h11.NEED_DATA:
+            data = await stream.receive_some(RECEIVE_CHUNK)
+            if not data:
+                raise BadRequest(400, "the request body ended early")
+            conn.receive_data(bytes(data))
+        else:
+            raise BadRequest(400, "unexpected data in the request body")
+
+
+async def send_chunked(
+    stream: trio.abc.Stream,
+    status: int,
+    content_type: str,
+    chunks: AsyncIterator[bytes],
+    extra_headers: list[tuple[str, str]] | None = None,
+) -> None:
+    """Stream a response body with chunked transfer encoding, then close."""
+    headers = [
+        ("Content-Type", content_type),
+        ("Transfer-Encoding", "chunked"),
+        ("Connection", "close"),
+        *(extra_headers or []),
+    ]
+    await stream.send_all(response_head(status, headers))
+    async for chunk in chunks:
+        if chunk:
+            await stream.send_all(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+    await stream.send_all(b"0\r\n\r\n")

@@ -15,6 +15,7 @@ import orjson
 import trio
 import trio_websocket
 
+from relay.git.smart_http import is_git_path
 from relay.protocol.hosts import normalize_host
 from relay.server.http import BadRequest, ReplayStream, Request, read_request, respond
 from relay.server.nip11 import information_document
@@ -70,6 +71,9 @@ async def route(relay: Relay, stream: trio.SocketStream, request: Request) -> No
     community_id = await relay.communities.resolve(host) if host else None
     if host is None or community_id is None:
         await respond(stream, 404, b"unknown host\n")
+        return
+    if relay.git is not None and is_git_path(request.path):
+        await relay.git.handle(stream, request, community_id, host)
         return
     if request.path != "/":
         await respond(stream, 404, b"not found\n")

@@ -1,0 +1,437 @@
+"""git smart HTTP on the relay's port: clone and fetch (upload-pack), push (receive-pack).
+
+Routes, community first (the listener resolved it from Host):
+  GET  /git/<owner-hex>/<repo>[.git]/info/refs?service=git-upload-pack|git-receive-pack
+  POST /git/<owner-hex>/<repo>[.git]/git-upload-pack | git-receive-pack
+and the same under /<npub>/<repo>.git/. Every request hydrates a temporary bare repo from
+the object store and runs stock git in it; the directory goes when the request ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import logging
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+import orjson
+import trio
+
+from relay.events import kinds
+from relay.events.model import Event, parse_event
+from relay.git import model, nip98, pktline, policy
+from relay.git.hook import SOCKET_ENV
+from relay.git.objectstore import StoreError
+from relay.git.push import Conflict, Published, publish
+from relay.git.refstate import build_ref_state
+from relay.git.workspace import (
+    SERVE_OPTIONS,
+    GitFailed,
+    GitLimits,
+    RepoNotFound,
+    ResourceLimit,
+    Workspace,
+    git_env,
+    hydrate_into,
+    run_git,
+    scratch_dir,
+)
+from relay.protocol.bech32 import npub_to_hex
+from relay.protocol.filters import Filter
+from relay.server.http import BodyTooLarge, Request, read_body, respond, send_chunked
+from relay.store.events import Saved
+
+if TYPE_CHECKING:
+    from relay.app import Relay
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("git-upload-pack", "git-receive-pack")
+NO_CACHE = [("Cache-Control", "no-cache")]
+MAX_UPLOAD_REQUEST_BYTES = 16 * 1024 * 1024
+MAX_HOOK_MESSAGE_BYTES = 4 * 1024 * 1024
+RETRY_AFTER_SECONDS = "5"
+
+
+@dataclass(frozen=True, slots=True)
+class GitRoute:
+    owner: str
+    repo_id: str
+    action: str  # "info/refs", "git-upload-pack" or "git-receive-pack"
+    repo_root: str  # the URL path of the repo, as signed in NIP-98 tokens
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str, headers: list[tuple[str, str]] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or []
+
+
+def is_git_path(path: str) -> bool:
+    return path.startswith("/git/") or (path.startswith("/npub1") and ".git/" in path)
+
+
+def parse_route(raw_path: str) -> GitRoute:
+    """The owner, repo id and action of a git URL path; HttpError 400/404 when unusable."""
+    segments = raw_path.split("/")
+    decoded = [unquote(s) for s in segments]
+    if any("\0" in s for s in decoded):
+        raise HttpError(400, "invalid path")
+    if decoded[1] == "git":
+        if len(decoded) < 5:
+            raise HttpError(404, "not found")
+        owner, repo, rest, root = decoded[2], decoded[3], decoded[4:], "/".join(segments[:4])
+    else:
+        if len(decoded) < 4 or not decoded[2].endswith(".git"):
+            raise HttpError(404, "not found")
+        owner_hex = npub_to_hex(decoded[1])
+        if owner_hex is None:
+            raise HttpError(400, "invalid owner: not an npub")
+        owner, repo, rest, root = owner_hex, decoded[2], decoded[3:], "/".join(segments[:3])
+    action = "/".join(rest)
+    if action not in ("info/refs", *SERVICES):
+        raise HttpError(404, "not found")
+    try:
+        model.validate_owner(owner)
+        repo_id = model.normalize_repo_id(repo)
+    except model.InvalidName as exc:
+        raise HttpError(400, f"invalid repository: {exc}") from None
+    return GitRoute(owner, repo_id, action, root)
+
+
+def advertisement(service: str, body: bytes) -> bytes:
+    return pktline.encode(f"# service={service}\n".encode()) + pktline.FLUSH + body
+
+
+@dataclass
+class GitService:
+    relay: Relay
+    limits: GitLimits
+    scratch: Path
+    public_read: bool
+    processes: trio.CapacityLimiter
+    auth_window: int
+
+    # -- entry ------------------------------------------------------------------------------
+
+    async def handle(
+        self, stream: trio.SocketStream, request: Request, community_id: int, host: str
+    ) -> None:
+        try:
+            route = parse_route(request.path)
+            service = self._service(request, route)
+            pusher = self._authenticate(request, route, host, service)
+            announcement = await self._announcement(community_id, route)
+            try:
+                self.processes.acquire_nowait()
+            except trio.WouldBlock:
+                raise HttpError(
+                    503, "too many git operations in progress, retry shortly",
+                    [("Retry-After", RETRY_AFTER_SECONDS)],
+                ) from None  # fmt: skip
+            try:
+                await self._serve(
+                    stream, request, route, service, community_id, pusher, announcement
+                )
+            finally:
+                self.processes.release()
+        except HttpError as exc:
+            await respond(
+                stream, exc.status, (exc.message + "\n").encode(), extra_headers=exc.headers
+            )
+        except RepoNotFound:
+            await respond(stream, 404, b"repository not found\n")
+        except ResourceLimit as exc:
+            await respond(stream, 413, f"{exc}\n".encode())
+        except BodyTooLarge as exc:
+            await respond(stream, 413, f"{exc}\n".encode())
+        except GitFailed as exc:
+            log.error("git failed for %s: %s", request.path, exc)
+            status = 504 if exc.timed_out else 500
+            await respond(stream, status, b"git operation failed\n")
+        except (StoreError, model.InvalidManifest) as exc:
+            log.error("object store failure for %s: %s", request.path, exc)
+            await respond(stream, 502, b"repository storage is unavailable\n")
+
+    def _service(self, request: Request, route: GitRoute) -> str:
+        if route.action == "info/refs":
+            if request.method != "GET":
+                raise HttpError(405, "use GET for info/refs")
+            params = dict(p.partition("=")[::2] for p in request.query.split("&") if p)
+            service = params.get("service", "")
+            if service not in SERVICES:
+                raise HttpError(400, "unsupported service: use smart HTTP (git 1.6.6 or newer)")
+            return service
+        if request.method != "POST":
+            raise HttpError(405, f"use POST for {route.action}")
+        return route.action
+
+    def _authenticate(
+        self, request: Request, route: GitRoute, host: str, service: str
+    ) -> str | None:
+        if service == "git-upload-pack" and self.public_read:
+            return None
+        scheme = "https" if self.relay.settings.public_url.startswith("wss://") else "http"
+        try:
+            return nip98.authenticate(
+                request.header("authorization"),
+                scheme=scheme,
+                host=request.header("host") or host,
+                repo_root=route.repo_root,
+                window=self.auth_window,
+            )
+        except nip98.Unauthorized as exc:
+            raise HttpError(401, str(exc), [("WWW-Authenticate", 'Nostr realm="git"')]) from None
+
+    async def _announcement(self, community_id: int, route: GitRoute) -> Event:
+        owner = await self.relay.registry.owner_of(community_id, route.repo_id)
+        if owner != route.owner:
+            raise RepoNotFound(route.repo_id)
+        found = await self.relay.store.query(
+            community_id,
+            (
+                Filter(
+                    authors=frozenset({route.owner}),
+                    kinds=frozenset({kinds.REPO_ANNOUNCEMENT}),
+                    tags=(("d", frozenset({route.repo_id})),),
+                    limit=1,
+                ),
+            ),
+            int(time.time()),
+        )
+        if not found:
+            raise RepoNotFound(route.repo_id)
+        return parse_event(orjson.loads(found[0][1]))
+
+    async def _serve(
+        self,
+        stream: trio.SocketStream,
+        request: Request,
+        route: GitRoute,
+        service: str,
+        community_id: int,
+        pusher: str | None,
+        announcement: Event,
+    ) -> None:
+        key = model.pointer_key(community_id, route.owner, route.repo_id)
+        async with scratch_dir(self.scratch) as tmp:
+            repo = tmp / "repo.git"
+            repo.mkdir()
+            if route.action == "info/refs":
+                ws = await hydrate_into(repo, self.relay.objects, key, self.limits)
+                await self._advertise(stream, ws, service)
+            elif service == "git-upload-pack":
+                body = await self._small_body(stream, request)
+                ws = await hydrate_into(repo, self.relay.objects, key, self.limits)
+                await self._upload_pack(stream, ws, body)
+            else:
+                assert pusher is not None
+                spool = tmp / "push.body"
+                await self._spool(stream, request, spool)
+                ws = await hydrate_into(repo, self.relay.objects, key, self.limits)
+                await self._receive_pack(
+                    stream, ws, spool, key, community_id, route, pusher, announcement
+                )
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def _advertise(self, stream: trio.SocketStream, ws: Workspace, service: str) -> None:
+        result = await run_git(
+            [service.removeprefix("git-"), "--stateless-rpc", "--advertise-refs", str(ws.path)],
+            home=ws.path,
+            timeout=self.limits.timeout_seconds,
+        )
+        body = advertisement(service, result.stdout)
+        await respond(stream, 200, body, f"application/x-{service}-advertisement", NO_CACHE)
+
+    async def _small_body(self, stream: trio.SocketStream, request: Request) -> bytes:
+        parts: list[bytes] = []
+
+        async def keep(chunk: bytes) -> None:
+            parts.append(chunk)
+
+        await read_body(stream, request, MAX_UPLOAD_REQUEST_BYTES, keep)
+        body = b"".join(parts)
+        if request.header("content-encoding").lower() == "gzip":
+            try:
+                decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                body = decompressor.decompress(body, MAX_UPLOAD_REQUEST_BYTES)
+                if decompressor.unconsumed_tail:
+                    raise BodyTooLarge("the decompressed request is too large")
+            except (zlib.error, gzip.BadGzipFile):
+                raise HttpError(400, "the request body is not valid gzip") from None
+        return body
+
+    async def _upload_pack(self, stream: trio.SocketStream, ws: Workspace, body: bytes) -> None:
+        command = ["git", *SERVE_OPTIONS, "upload-pack", "--stateless-rpc", str(ws.path)]
+        process = await trio.lowlevel.open_process(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=git_env(ws.path),
+            cwd=ws.path,
+        )
+        try:
+            with trio.fail_after(self.limits.timeout_seconds):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_feed, process, body)
+
+                    async def output() -> AsyncIterator[bytes]:
+                        assert process.stdout is not None
+                        while chunk := await process.stdout.receive_some(64 * 1024):
+                            yield bytes(chunk)
+
+                    await send_chunked(
+                        stream, 200, "application/x-git-upload-pack-result", output(), NO_CACHE
+                    )
+                await process.wait()
+        except trio.TooSlowError:
+            raise GitFailed("upload-pack timed out", timed_out=True) from None
+        finally:
+            if process.returncode is None:
+                process.kill()
+                with trio.CancelScope(shield=True):
+                    await process.wait()
+
+    # -- push -------------------------------------------------------------------------------
+
+    async def _spool(self, stream: trio.SocketStream, request: Request, path: Path) -> None:
+        handle = await trio.open_file(path, "wb")
+        async with handle:
+            limit = self.limits.max_pack_bytes + MAX_UPLOAD_REQUEST_BYTES
+            await read_body(stream, request, limit, handle.write)  # type: ignore[arg-type]
+        if request.header("content-encoding").lower() == "gzip":
+            raw = await trio.to_thread.run_sync(path.read_bytes)
+            try:
+                data = await trio.to_thread.run_sync(gzip.decompress, raw)
+            except (OSError, EOFError, zlib.error):
+                raise HttpError(400, "the request body is not valid gzip") from None
+            await trio.to_thread.run_sync(path.write_bytes, data)
+
+    async def _receive_pack(
+        self,
+        stream: trio.SocketStream,
+        ws: Workspace,
+        spool: Path,
+        pointer_key: str,
+        community_id: int,
+        route: GitRoute,
+        pusher: str,
+        announcement: Event,
+    ) -> None:
+        head = await trio.to_thread.run_sync(_read_head, spool)
+        _, capabilities = pktline.parse_commands(head)
+        hooks = ws.path / "hooks"
+        hooks.mkdir(exist_ok=True)
+        hook = hooks / "pre-receive"
+        hook.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m relay.git.hook\n')
+        hook.chmod(0o755)
+        socket_path = ws.path.parent / "hook.sock"
+        decision: list[list[policy.Denial]] = []
+        async with trio.open_nursery() as nursery:
+            listener = await _unix_listener(socket_path)
+            nursery.start_soon(self._answer_hook, listener, pusher, announcement, decision)
+            result = await run_git(
+                ["receive-pack", "--stateless-rpc", str(ws.path)],
+                home=ws.path,
+                timeout=self.limits.timeout_seconds,
+                stdin_path=spool,
+                env={SOCKET_ENV: str(socket_path)},
+                check=False,
+            )
+            nursery.cancel_scope.cancel()
+        report = pktline.parse_report(result.stdout, "side-band-64k" in capabilities)
+        stdout = result.stdout
+        ok = result.returncode == 0 and report.unpack_ok and not report.rejected
+        if ok and decision and not decision[0]:
+            outcome = await publish(self.relay.objects, ws, pointer_key, self.limits)
+            if isinstance(outcome, Conflict):
+                raise HttpError(
+                    409,
+                    "push rejected: the repository changed while you pushed; "
+                    "fetch, merge or rebase, and push again",
+                )
+            if isinstance(outcome, Published) and outcome.digest != ws.digest:
+                await self._emit_ref_state(community_id, route.repo_id, outcome, pusher)
+        await respond(stream, 200, stdout, "application/x-git-receive-pack-result", NO_CACHE)
+
+    async def _answer_hook(
+        self,
+        listener: trio.SocketListener,
+        pusher: str,
+        announcement: Event,
+        decision: list[list[policy.Denial]],
+    ) -> None:
+        async with listener:
+            while True:
+                conn = await listener.accept()
+                async with conn:
+                    data = b""
+                    while chunk := await conn.receive_some(65536):
+                        data += chunk
+                        if len(data) > MAX_HOOK_MESSAGE_BYTES:
+                            break
+                    try:
+                        updates = [
+                            policy.RefUpdate(u["old"], u["new"], u["ref"], u.get("is_ancestor"))
+                            for u in orjson.loads(data)["updates"]
+                        ]
+                        denials = policy.evaluate(pusher, announcement, updates)
+                    except (orjson.JSONDecodeError, KeyError, TypeError):
+                        denials = [policy.Denial("", "malformed hook message")]
+                    decision.append(denials)
+                    answer = {
+                        "allowed": not denials,
+                        "denials": [{"ref": d.ref, "reason": d.reason} for d in denials],
+                    }
+                    await conn.send_all(orjson.dumps(answer))
+
+    async def _emit_ref_state(
+        self, community_id: int, repo_id: str, outcome: Published, pusher: str
+    ) -> None:
+        relay = self.relay
+        previous = await relay.store.latest_created_at(
+            community_id, relay.pubkey, kinds.REPO_STATE, repo_id
+        )
+        state = build_ref_state(
+            relay.key,
+            repo_id=repo_id,
+            head=outcome.manifest.head,
+            refs=outcome.manifest.refs,
+            actor=pusher,
+            created_at=max(int(time.time()), (previous or 0) + 1),
+        )
+        raw = state.to_json()
+        result = await relay.store.save(community_id, state, raw)
+        if result.outcome is Saved.STORED:
+            relay.fanout.publish(community_id, state, raw)
+
+
+async def _feed(process: trio.Process, body: bytes) -> None:
+    assert process.stdin is not None
+    async with process.stdin:
+        with contextlib.suppress(trio.BrokenResourceError):
+            await process.stdin.send_all(body)
+
+
+async def _unix_listener(path: Path) -> trio.SocketListener:
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await sock.bind(str(path))
+    sock.listen(4)
+    return trio.SocketListener(sock)
+
+
+def _read_head(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(1024 * 1024)
