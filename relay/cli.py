@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+from pathlib import Path
 
 import trio
 from coincurve import PrivateKey
@@ -41,6 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "probe", help="check that the object store honours conditional writes; exit 0 or 1"
     )
+    token = commands.add_parser(
+        "token",
+        help="print a NIP-98 Authorization header value for a git repository URL",
+        description=(
+            "Prints 'Nostr <token>' for URL, signed with the key in $NOSTR_SECRET_KEY (hex or "
+            "nsec) or --key-file. It is valid for 60 s. Push with:\n"
+            '  git -c http.extraHeader="Authorization: $(relay token URL)" push'
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    token.add_argument("url", help="the repository URL, e.g. https://host/git/<owner>/<repo>.git")
+    token.add_argument("--key-file", help="file holding the secret key (hex or nsec)")
     return parser
 
 
@@ -80,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keygen":
         print(PrivateKey().secret.hex())
         return 0
+    if args.command == "token":
+        return _token(args.url, args.key_file)
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -98,6 +114,24 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_CONFIG
         print(f"relay: {known}", file=sys.stderr)
         return EXIT_FAILURE
+    return 0
+
+
+def _token(url: str, key_file: str | None) -> int:
+    from relay.git.nip98 import make_token
+    from relay.protocol.bech32 import decode_key
+
+    try:
+        raw = Path(key_file).read_text() if key_file else os.environ.get("NOSTR_SECRET_KEY", "")
+    except OSError as exc:
+        print(f"relay: cannot read --key-file: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    raw = raw.strip()
+    secret = decode_key("nsec", raw) if raw.startswith("nsec1") else raw.lower()
+    if not secret or len(secret) != 64 or any(c not in "0123456789abcdef" for c in secret):
+        print("relay: set NOSTR_SECRET_KEY (hex or nsec) or pass --key-file", file=sys.stderr)
+        return EXIT_CONFIG
+    print(make_token(PrivateKey(bytes.fromhex(secret)), url.rstrip("/")))
     return 0
 
 

@@ -37,13 +37,13 @@ def _convert(data: list[int], from_bits: int, to_bits: int, pad: bool) -> list[i
     return out
 
 
-def npub_to_hex(value: str) -> str | None:
-    """The 64-hex pubkey of an npub, or None when it is not a valid npub."""
+def decode_key(expected_hrp: str, value: str) -> str | None:
+    """The 64-hex key in a bech32 `npub`/`nsec` string, or None when it is not one."""
     text = value.lower()
     if text != value and value.upper() != value:
         return None
     hrp, sep, rest = text.rpartition("1")
-    if hrp != "npub" or not sep or len(rest) < 7 or any(c not in CHARSET for c in rest):
+    if hrp != expected_hrp or not sep or len(rest) < 7 or any(c not in CHARSET for c in rest):
         return None
     data = [CHARSET.index(c) for c in rest]
     if _polymod(_expand(hrp) + data) != 1:
@@ -52,6 +52,10 @@ def npub_to_hex(value: str) -> str | None:
     if decoded is None or len(decoded) != 32:
         return None
     return bytes(decoded).hex()
+
+
+def npub_to_hex(value: str) -> str | None:
+    return decode_key("npub", value)
 
 
 def hex_to_npub(pubkey: str) -> str:
