@@ -7,9 +7,9 @@ from typing import Any
 from relay import __version__
 from relay.config import Settings
 
-# NIP-01 basic protocol, 09 deletion, 11 this document, 40 expiration, 42 AUTH, 45 COUNT,
-# 70 protected events.
-SUPPORTED_NIPS = (1, 9, 11, 40, 42, 45, 70)
+# NIP-01 basic protocol, 09 deletion, 11 this document, 34 git repositories (hosted: clone
+# and push over smart HTTP), 40 expiration, 42 AUTH, 45 COUNT, 70 protected events.
+SUPPORTED_NIPS = (1, 9, 11, 34, 40, 42, 45, 70)
 SOFTWARE = "relay"
 
 
