@@ -8,7 +8,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -28,9 +28,12 @@ from relay.git.smart_http import GitService
 from relay.git.stores import describe, open_object_store, probe_store
 from relay.git.workspace import GitLimits
 from relay.keys import load_or_create_key, pubkey_hex
+from relay.metrics import Metrics, TimedObjectStore
 from relay.protocol.limits import Limits
 from relay.pubsub.fanout import Fanout
+from relay.pubsub.redis_bridge import RedisBridge
 from relay.server.listener import handle_stream
+from relay.server.ratelimit import RateLimiter
 from relay.store.communities import Communities
 from relay.store.db import Database
 from relay.store.embedded import embedded_postgres
@@ -55,18 +58,30 @@ class Relay:
     key: PrivateKey
     objects: GitObjects
     registry: RepoRegistry
+    metrics: Metrics
+    limiter: RateLimiter
+    bridge: RedisBridge | None = None
     git: GitService | None = None
+    # Set on SIGTERM: stop accepting, close websockets with 1001, let work in flight finish.
+    shutdown: trio.Event = field(default_factory=trio.Event)
 
     @property
     def pubkey(self) -> str:
         return pubkey_hex(self.key)
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
+        """Ready when Postgres and the object store answer. Redis only degrades the relay
+        (events still reach this pod's clients and storage), so it is reported, not gated."""
         checks = {
             "postgres": "ok" if await self.db.ping() else "unreachable",
             "object_store": "ok" if await self._object_store_answers() else "unreachable",
         }
-        return all(v == "ok" for v in checks.values()), checks
+        ready = all(v == "ok" for v in checks.values()) and not self.shutdown.is_set()
+        if self.bridge is not None:
+            checks["redis"] = "ok" if self.bridge.healthy else "degraded"
+        if self.shutdown.is_set():
+            checks["shutdown"] = "in progress"
+        return ready, checks
 
     async def _object_store_answers(self) -> bool:
         try:
@@ -125,8 +140,11 @@ async def check_object_store(store: ObjectStore, settings: Settings) -> None:
 
 @asynccontextmanager
 async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
-    async with open_database(settings) as db, open_object_store(settings) as object_store:
-        await check_object_store(object_store, settings)
+    metrics = Metrics()
+    async with open_database(settings) as db, open_object_store(settings) as raw_store:
+        await check_object_store(raw_store, settings)
+        object_store = TimedObjectStore(raw_store, metrics)
+        db.observe = metrics.observe_db
         applied = await migrate(db)
         if applied:
             log.info("applied migrations %s", applied)
@@ -151,7 +169,15 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
             key=key,
             objects=objects,
             registry=registry,
+            metrics=metrics,
+            limiter=RateLimiter(settings.rate, settings.redis_url, settings.redis_prefix),
         )
+        if settings.redis_url:
+            relay.bridge = RedisBridge(
+                settings.redis_url, settings.redis_prefix, deliver=fanout.deliver_local
+            )
+            fanout.remote = relay.bridge
+        metrics.bind(relay)
         relay.git = GitService(
             relay,
             GitLimits(
@@ -164,7 +190,10 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
             processes=trio.CapacityLimiter(settings.git_max_processes),
             auth_window=settings.git_auth_window_seconds,
         )
-        yield relay
+        try:
+            yield relay
+        finally:
+            await relay.limiter.aclose()
 
 
 def wire_git(
@@ -204,19 +233,45 @@ async def purge_expired_forever(relay: Relay) -> None:
 
 
 async def serve(
-    settings: Settings, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    settings: Settings,
+    *,
+    shutdown: trio.Event | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the relay until cancelled; reports the bound port through task_status."""
-    async with open_relay(settings) as relay, trio.open_nursery() as nursery:
-        listeners = await trio.open_tcp_listeners(settings.port, host=settings.bind)
-        port = listeners[0].socket.getsockname()[1]
-        nursery.start_soon(purge_expired_forever, relay)
-        nursery.start_soon(partial(trio.serve_listeners, partial(handle_stream, relay), listeners))
-        log.info(
-            "relay listening on %s:%d for %s (pubkey %s)",
-            settings.bind,
-            port,
-            ", ".join(settings.hosts),
-            relay.pubkey,
-        )
-        task_status.started(port)
+    """Run the relay; reports the bound port through task_status.
+
+    When `shutdown` is set: stop accepting connections, ask websocket clients to go (close
+    1001), and give requests in flight RELAY_SHUTDOWN_GRACE seconds to finish.
+    """
+    async with open_relay(settings) as relay, trio.open_nursery() as background:
+        if shutdown is not None:
+            relay.shutdown = shutdown
+        if relay.bridge is not None:
+            background.start_soon(relay.bridge.run)
+        background.start_soon(purge_expired_forever, relay)
+        async with trio.open_nursery() as connections:
+            listeners = await trio.open_tcp_listeners(settings.port, host=settings.bind)
+            port = listeners[0].socket.getsockname()[1]
+            async with trio.open_nursery() as accepting:
+                accepting.start_soon(
+                    partial(
+                        trio.serve_listeners,
+                        partial(handle_stream, relay),
+                        listeners,
+                        handler_nursery=connections,
+                    )
+                )
+                log.info(
+                    "relay listening on %s:%d for %s (pubkey %s)",
+                    settings.bind,
+                    port,
+                    ", ".join(settings.hosts),
+                    relay.pubkey,
+                )
+                task_status.started(port)
+                await relay.shutdown.wait()
+                log.info("shutting down: no new connections; %.0f s grace", settings.shutdown_grace)
+                accepting.cancel_scope.cancel()
+            connections.cancel_scope.deadline = trio.current_time() + settings.shutdown_grace
+        log.info("shutdown complete")
+        background.cancel_scope.cancel()

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from relay.protocol.hosts import normalize_host
 from relay.protocol.limits import Limits
+from relay.server.ratelimit import Rate, RateLimits
 
 
 class ConfigError(ValueError):
@@ -188,6 +189,27 @@ SETTINGS: tuple[Setting, ...] = (
             "values in one filter field (ids, authors, kinds, #x)", _int_in(1, 100_000)),
     Setting("RELAY_MAX_FUTURE_SECONDS", "max_future_seconds", "900",
             "how far in the future created_at may be", _int_in(0, 10 * 365 * 86400)),
+    Setting("RELAY_REDIS_URL", "redis_url", "",
+            "Redis for fan-out and shared rate limits between pods (required for more than one)",
+            _url("redis", "rediss")),
+    Setting("RELAY_REDIS_PREFIX", "redis_prefix", "relay",
+            "prefix of every Redis channel and key", _text),
+    Setting("RELAY_SHUTDOWN_GRACE", "shutdown_grace", "20",
+            "seconds in-flight work may take to finish after SIGTERM", _float_in(0, 3600)),
+    Setting("RELAY_RATE_LIMITS", "rate_limits", "on", "rate limits on or off", _bool),
+    Setting("RELAY_RATE_EVENTS_PER_SECOND", "rate_events_per_second", "50",
+            "EVENTs per second per IP and per authenticated pubkey", _float_in(0.01, 1e6)),
+    Setting("RELAY_RATE_EVENTS_BURST", "rate_events_burst", "500", "EVENT burst",
+            _int_in(1, 10_000_000)),
+    Setting("RELAY_RATE_REQS_PER_SECOND", "rate_reqs_per_second", "20",
+            "REQs and COUNTs per second per IP and per authenticated pubkey",
+            _float_in(0.01, 1e6)),
+    Setting("RELAY_RATE_REQS_BURST", "rate_reqs_burst", "200", "REQ burst",
+            _int_in(1, 10_000_000)),
+    Setting("RELAY_RATE_CONNECTIONS_PER_SECOND", "rate_connections_per_second", "10",
+            "new websocket connections per second per IP", _float_in(0.01, 1e6)),
+    Setting("RELAY_RATE_CONNECTIONS_BURST", "rate_connections_burst", "100",
+            "connection burst", _int_in(1, 10_000_000)),
     Setting("RELAY_S3_ENDPOINT", "s3_endpoint", "",
             "S3 endpoint URL for git objects; empty keeps them under the data directory",
             _url("http", "https")),
@@ -265,6 +287,16 @@ class Settings:
     max_subid_length: int
     max_filter_values: int
     max_future_seconds: int
+    redis_url: str | None
+    redis_prefix: str
+    shutdown_grace: float
+    rate_limits: bool
+    rate_events_per_second: float
+    rate_events_burst: int
+    rate_reqs_per_second: float
+    rate_reqs_burst: int
+    rate_connections_per_second: float
+    rate_connections_burst: int
     s3_endpoint: str | None
     s3_bucket: str | None
     s3_region: str
@@ -297,6 +329,15 @@ class Settings:
         names = {f.name for f in fields(Limits)}
         return Limits(**{n: getattr(self, n) for n in names if hasattr(self, n)})
 
+    @property
+    def rate(self) -> RateLimits:
+        return RateLimits(
+            enabled=self.rate_limits,
+            events=Rate(self.rate_events_per_second, self.rate_events_burst),
+            reqs=Rate(self.rate_reqs_per_second, self.rate_reqs_burst),
+            connections=Rate(self.rate_connections_per_second, self.rate_connections_burst),
+        )
+
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Read every setting; `overrides` (by field name) win over the environment."""
@@ -319,6 +360,11 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     if bool(settings.s3_access_key) != bool(settings.s3_secret_key):
         raise ConfigError(
             "RELAY_S3_ACCESS_KEY and RELAY_S3_SECRET_KEY must be set together, or neither"
+        )
+    if settings.redis_url and not settings.secret_key:
+        raise ConfigError(
+            "RELAY_SECRET_KEY is required with RELAY_REDIS_URL: every pod must sign ref state "
+            "with the same key"
         )
     if settings.s3_endpoint and not settings.s3_bucket:
         raise ConfigError("RELAY_S3_BUCKET is required when RELAY_S3_ENDPOINT is set")

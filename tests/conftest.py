@@ -171,6 +171,8 @@ def relay_settings(db_url: str, data_dir: Path, **overrides: Any) -> Settings:
         "db_pool_size": 4,
         "git_probe_writers": 4,
         "git_probe_rounds": 1,
+        # Tests open many connections from one address; the rate limit tests turn them on.
+        "rate_limits": False,
     }
     values.update(overrides)
     return load_settings({}, **values)

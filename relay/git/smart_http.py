@@ -127,6 +127,17 @@ class GitService:
     async def handle(
         self, stream: trio.SocketStream, request: Request, community_id: int, host: str
     ) -> None:
+        service = request.path.rsplit("/", 1)[-1]
+        status = await self._handle(stream, request, community_id, host)
+        if "service=" in request.query:
+            service = request.query.split("service=", 1)[1].split("&", 1)[0]
+        outcome = "ok" if status < 400 else str(status)
+        self.relay.metrics.git_operations[(service[:32], outcome)] += 1
+
+    async def _handle(
+        self, stream: trio.SocketStream, request: Request, community_id: int, host: str
+    ) -> int:
+        """Serve one git request; returns the HTTP status sent."""
         try:
             route = parse_route(request.path)
             service = self._service(request, route)
@@ -145,23 +156,21 @@ class GitService:
                 )
             finally:
                 self.processes.release()
+            return 200
         except HttpError as exc:
-            await respond(
-                stream, exc.status, (exc.message + "\n").encode(), extra_headers=exc.headers
-            )
+            body = (exc.message + "\n").encode()
+            return await _fail(stream, exc.status, body, exc.headers)
         except RepoNotFound:
-            await respond(stream, 404, b"repository not found\n")
-        except ResourceLimit as exc:
-            await respond(stream, 413, f"{exc}\n".encode())
-        except BodyTooLarge as exc:
-            await respond(stream, 413, f"{exc}\n".encode())
+            return await _fail(stream, 404, b"repository not found\n")
+        except (ResourceLimit, BodyTooLarge) as exc:
+            return await _fail(stream, 413, f"{exc}\n".encode())
         except GitFailed as exc:
             log.error("git failed for %s: %s", request.path, exc)
             status = 504 if exc.timed_out else 500
-            await respond(stream, status, b"git operation failed\n")
+            return await _fail(stream, status, b"git operation failed\n")
         except (StoreError, model.InvalidManifest) as exc:
             log.error("object store failure for %s: %s", request.path, exc)
-            await respond(stream, 502, b"repository storage is unavailable\n")
+            return await _fail(stream, 502, b"repository storage is unavailable\n")
 
     def _service(self, request: Request, route: GitRoute) -> str:
         if route.action == "info/refs":
@@ -416,6 +425,16 @@ class GitService:
         result = await relay.store.save(community_id, state, raw)
         if result.outcome is Saved.STORED:
             relay.fanout.publish(community_id, state, raw)
+
+
+async def _fail(
+    stream: trio.SocketStream,
+    status: int,
+    body: bytes,
+    headers: list[tuple[str, str]] | None = None,
+) -> int:
+    await respond(stream, status, body, extra_headers=headers)
+    return status
 
 
 async def _feed(process: trio.Process, body: bytes) -> None:

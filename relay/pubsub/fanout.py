@@ -13,15 +13,31 @@ from relay.events.model import Event
 
 
 class Sink(Protocol):
-    def deliver(self, event: Event, raw: str) -> None:
-        """Queue the event for every matching subscription; must not block."""
+    def deliver(self, event: Event, raw: str) -> int:
+        """Queue the event for every matching subscription; must not block.
+
+        Returns how many subscriptions it was queued for."""
+
+    def subscription_count(self) -> int:
+        """Open subscriptions of this connection."""
+
+
+class Remote(Protocol):
+    def send(self, community_id: int, raw: str) -> None:
+        """Hand an accepted event to the other pods; must not block."""
 
 
 class Fanout:
-    """The in-process fan-out: one registry of connections per community."""
+    """One registry of local connections per community, and optionally the other pods.
+
+    Without a remote this is the whole fan-out (one process); with Redis configured the
+    bridge carries accepted events to the other pods and calls `deliver_local` with theirs.
+    """
 
     def __init__(self) -> None:
         self._sinks: dict[int, set[Sink]] = defaultdict(set)
+        self.remote: Remote | None = None
+        self.deliveries = 0
 
     def register(self, community_id: int, sink: Sink) -> None:
         self._sinks[community_id].add(sink)
@@ -34,8 +50,17 @@ class Fanout:
                 del self._sinks[community_id]
 
     def publish(self, community_id: int, event: Event, raw: str) -> None:
+        """An event this pod accepted: to its own subscribers, then to the other pods."""
+        self.deliver_local(community_id, event, raw)
+        if self.remote is not None:
+            self.remote.send(community_id, raw)
+
+    def deliver_local(self, community_id: int, event: Event, raw: str) -> None:
         for sink in list(self._sinks.get(community_id, ())):
-            sink.deliver(event, raw)
+            self.deliveries += sink.deliver(event, raw)
 
     def connection_count(self) -> int:
         return sum(len(s) for s in self._sinks.values())
+
+    def subscription_count(self) -> int:
+        return sum(sink.subscription_count() for s in self._sinks.values() for sink in s)

@@ -16,6 +16,7 @@ import trio
 import trio_websocket
 
 from relay.git.smart_http import is_git_path
+from relay.metrics import CONTENT_TYPE as METRICS_TYPE
 from relay.protocol.hosts import normalize_host
 from relay.server.http import BadRequest, ReplayStream, Request, read_request, respond
 from relay.server.nip11 import information_document
@@ -53,6 +54,13 @@ async def handle_stream(relay: Relay, stream: trio.SocketStream) -> None:
         await stream.aclose()
 
 
+def peer_ip(stream: trio.SocketStream) -> str:
+    try:
+        return str(stream.socket.getpeername()[0])
+    except OSError:
+        return "unknown"
+
+
 async def _try_respond(stream: trio.abc.Stream, status: int, body: bytes) -> None:
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
         await respond(stream, status, body)
@@ -61,6 +69,9 @@ async def _try_respond(stream: trio.abc.Stream, status: int, body: bytes) -> Non
 async def route(relay: Relay, stream: trio.SocketStream, request: Request) -> None:
     if request.path == "/healthz" and request.method == "GET":
         await respond(stream, 200, b"ok\n")
+        return
+    if request.path == "/metrics" and request.method == "GET":
+        await respond(stream, 200, relay.metrics.render(), METRICS_TYPE)
         return
     if request.path == "/readyz" and request.method == "GET":
         ready, checks = await relay.readiness()
@@ -79,11 +90,18 @@ async def route(relay: Relay, stream: trio.SocketStream, request: Request) -> No
         await respond(stream, 404, b"not found\n")
         return
     if request.wants_websocket:
+        if relay.shutdown.is_set():
+            await respond(stream, 503, b"shutting down\n", extra_headers=[("Retry-After", "1")])
+            return
+        if not await relay.limiter.allow("connect", peer_ip(stream)):
+            await respond(stream, 429, b"rate-limited: too many new connections\n")
+            return
         await serve_websocket(relay, stream, request, community_id, host)
     elif request.method == "OPTIONS":
         await respond(stream, 204, b"", extra_headers=CORS_HEADERS)
     elif request.method in ("GET", "HEAD") and NIP11_TYPE in request.header("accept"):
         doc = information_document(relay.settings, relay.pubkey)
+        doc.update(relay.settings.rate.nip11())
         await respond(stream, 200, orjson.dumps(doc), NIP11_TYPE, CORS_HEADERS)
     else:
         await respond(
@@ -106,7 +124,7 @@ async def serve_websocket(
         )
         ws = await ws_request.accept()
         try:
-            await ClientConnection(relay, ws, community_id, host).run()
+            await ClientConnection(relay, ws, community_id, host, peer_ip(stream)).run()
         finally:
             with trio.move_on_after(CLOSE_HANDSHAKE_SECONDS) as closing:
                 closing.shield = True

@@ -6,6 +6,7 @@ and each gets its answer (OK, CLOSED, NOTICE, EOSE, COUNT) before the next is re
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from relay.events.model import Event
 from relay.events.rules import check_auth_event
+from relay.events.side_effects import Verdict
 from relay.protocol import messages as msg
 from relay.protocol.session import Session
 from relay.server.outbox import Outbox
@@ -26,9 +28,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SLOW_CONSUMER_CLOSE_CODE = 1008
+GOING_AWAY_CLOSE_CODE = 1001
 QUERY_FAILED = "error: the query could not be run, try again"
 # Time allowed to tell a slow consumer why it is being disconnected.
-GOODBYE_SECONDS = 2.0
+GOODBYE_SECONDS = 5.0
 
 
 class LiveSink:
@@ -38,25 +41,39 @@ class LiveSink:
         self.session = session
         self.outbox = outbox
 
-    def deliver(self, event: Event, raw: str) -> None:
+    def deliver(self, event: Event, raw: str) -> int:
+        queued = 0
         for sub_id, sub in self.session.matching(event):
             if sub.backlog is not None:
                 sub.backlog.append((event.id, raw))
                 sub.backlog_bytes += len(raw)
                 if sub.backlog_bytes > self.outbox.max_bytes:
                     self.outbox.give_up()
-                    return
+                    break
             elif not self.outbox.offer(msg.event_frame(sub_id, raw)):
-                return
+                break
+            queued += 1
+        return queued
+
+    def subscription_count(self) -> int:
+        return len(self.session.subscriptions)
 
 
 class ClientConnection:
     def __init__(
-        self, relay: Relay, ws: WebSocketConnection, community_id: int, host: str
+        self,
+        relay: Relay,
+        ws: WebSocketConnection,
+        community_id: int,
+        host: str,
+        ip: str = "unknown",
     ) -> None:
         self.relay = relay
         self.ws = ws
         self.community_id = community_id
+        self.ip = ip
+        # Cancelled on shutdown: stops waiting for the next frame, never a frame in progress.
+        self._waiting_for_frame = trio.CancelScope()
         self.session = Session(host=host, limits=relay.limits)
         self.outbox = Outbox(relay.limits.max_outbound_bytes)
         self.sink = LiveSink(self.session, self.outbox)
@@ -68,13 +85,21 @@ class ClientConnection:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write, nursery.cancel_scope)
                 nursery.start_soon(self._watch_slow_consumer, nursery.cancel_scope)
+                nursery.start_soon(self._watch_shutdown)
                 await self.outbox.put(msg.auth_challenge(self.session.challenge))
                 await self._read()
+                await self._flush()
                 nursery.cancel_scope.cancel()
         finally:
             fanout.unregister(self.community_id, self.sink)
         if self.outbox.overflowed:
+            self.relay.metrics.slow_consumers += 1
             await self._disconnect_slow_consumer()
+        elif self.relay.shutdown.is_set():
+            with trio.move_on_after(GOODBYE_SECONDS) as goodbye:
+                goodbye.shield = True
+                with contextlib.suppress(ConnectionClosed):
+                    await self.ws.aclose(GOING_AWAY_CLOSE_CODE, "relay shutting down")
 
     async def _write(self, scope: trio.CancelScope) -> None:
         try:
@@ -82,6 +107,16 @@ class ClientConnection:
                 await self.ws.send_message(await self.outbox.get())
         except ConnectionClosed:
             scope.cancel()
+
+    async def _watch_shutdown(self) -> None:
+        await self.relay.shutdown.wait()
+        self._waiting_for_frame.cancel()
+
+    async def _flush(self) -> None:
+        """Let the answers already queued reach the client before the connection ends."""
+        with trio.move_on_after(GOODBYE_SECONDS):
+            while self.outbox.pending_bytes and not self.outbox.overflowed:
+                await trio.sleep(0.01)
 
     async def _watch_slow_consumer(self, scope: trio.CancelScope) -> None:
         await self.outbox.overflow.wait()
@@ -100,10 +135,15 @@ class ClientConnection:
                 pass
 
     async def _read(self) -> None:
-        while True:
-            try:
-                frame = await self.ws.get_message()
-            except ConnectionClosed:
+        while not self.relay.shutdown.is_set():
+            frame: str | bytes | None = None
+            self._waiting_for_frame = trio.CancelScope()
+            with self._waiting_for_frame:
+                try:
+                    frame = await self.ws.get_message()
+                except ConnectionClosed:
+                    return
+            if frame is None:
                 return
             if isinstance(frame, bytes):
                 try:
@@ -119,10 +159,18 @@ class ClientConnection:
         if isinstance(parsed, msg.Refusal):
             await out.put(parsed.reply)
         elif isinstance(parsed, msg.ClientEvent):
-            verdict = await self.relay.ingest.submit(
-                self.community_id, parsed.event, self.session.authenticated, int(time.time())
-            )
+            if not await self._allowed("event"):
+                verdict = Verdict(False, "rate-limited: slow down, too many events")
+            else:
+                verdict = await self.relay.ingest.submit(
+                    self.community_id, parsed.event, self.session.authenticated, int(time.time())
+                )
+            self.relay.metrics.count_verdict(verdict.accepted, verdict.message)
             await out.put(msg.ok(parsed.event.id, verdict.accepted, verdict.message))
+        elif isinstance(parsed, msg.ClientReq | msg.ClientCount) and not await self._allowed(
+            "req"
+        ):
+            await out.put(msg.closed(parsed.sub_id, "rate-limited: slow down, too many requests"))
         elif isinstance(parsed, msg.ClientReq):
             await self._subscribe(parsed)
         elif isinstance(parsed, msg.ClientCount):
@@ -139,6 +187,16 @@ class ClientConnection:
             self.session.close(parsed.sub_id)
         elif isinstance(parsed, msg.ClientAuth):
             await self._authenticate(parsed.event)
+
+    async def _allowed(self, action: str) -> bool:
+        """Per IP, and per authenticated pubkey as well once the client has AUTHed."""
+        limiter = self.relay.limiter
+        if not await limiter.allow(action, self.ip):
+            return False
+        for pubkey in self.session.authenticated:
+            if not await limiter.allow(action, f"pubkey:{pubkey}"):
+                return False
+        return True
 
     async def _subscribe(self, req: msg.ClientReq) -> None:
         refusal = self.session.open(req.sub_id, req.filters)

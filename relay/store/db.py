@@ -6,6 +6,7 @@ the whole batch of work, so callers group their queries into one function.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
@@ -31,6 +32,8 @@ class DatabaseError(RuntimeError):
 class Database:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        # Called with the work's name and its seconds (the metrics' DB latency histogram).
+        self.observe: Callable[[str, float], None] | None = None
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 10) -> Database:
@@ -55,7 +58,13 @@ class Database:
             async with self._pool.acquire() as conn:
                 return await work(cast(Connection, conn), *args, **kwargs)
 
-        result: T = await trio_asyncio.aio_as_trio(on_asyncio)()
+        started = time.perf_counter()
+        try:
+            result: T = await trio_asyncio.aio_as_trio(on_asyncio)()
+        finally:
+            if self.observe is not None:
+                name = getattr(work, "__name__", "query").lstrip("_")
+                self.observe(name, time.perf_counter() - started)
         return result
 
     async def ping(self) -> bool:

@@ -1,0 +1,119 @@
+"""Rate limits: token buckets per IP and per authenticated pubkey, for EVENT, REQ and new
+connections. With Redis they are shared by every pod as fixed-window counters; if Redis
+does not answer, each pod falls back to its own buckets rather than refusing everyone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+import trio
+from trio_asyncio import aio_as_trio
+
+from relay.pubsub.redis_bridge import REDIS_ERRORS
+
+log = logging.getLogger(__name__)
+
+MAX_TRACKED_KEYS = 100_000
+WINDOW_SECONDS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    per_second: float
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    enabled: bool = True
+    events: Rate = Rate(50, 500)
+    reqs: Rate = Rate(20, 200)
+    connections: Rate = Rate(10, 100)
+
+    def nip11(self) -> dict[str, object]:
+        if not self.enabled:
+            return {}
+        return {
+            "rate_limits": {
+                "events_per_second": self.events.per_second,
+                "events_burst": self.events.burst,
+                "reqs_per_second": self.reqs.per_second,
+                "reqs_burst": self.reqs.burst,
+                "connections_per_second": self.connections.per_second,
+                "connections_burst": self.connections.burst,
+            }
+        }
+
+
+class TokenBuckets:
+    """Buckets keyed by (action, who), the least recently used forgotten past a cap."""
+
+    def __init__(self) -> None:
+        self._buckets: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
+
+    def take(self, action: str, who: str, rate: Rate, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        key = (action, who)
+        tokens, last = self._buckets.pop(key, (float(rate.burst), now))
+        tokens = min(float(rate.burst), tokens + (now - last) * rate.per_second)
+        allowed = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+        if len(self._buckets) > MAX_TRACKED_KEYS:
+            self._buckets.popitem(last=False)
+        return allowed
+
+
+class RateLimiter:
+    def __init__(self, limits: RateLimits, redis_url: str | None = None, prefix: str = "") -> None:
+        self.limits = limits
+        self.local = TokenBuckets()
+        self.prefix = prefix
+        self._redis = aioredis.Redis.from_url(redis_url, socket_timeout=1) if redis_url else None
+        self.refused = 0
+
+    def _rate(self, action: str) -> Rate:
+        return {"event": self.limits.events, "req": self.limits.reqs}.get(
+            action, self.limits.connections
+        )
+
+    async def allow(self, action: str, who: str) -> bool:
+        """May `who` (an IP or `pubkey:<hex>`) do `action` (event, req, connect) now?"""
+        if not self.limits.enabled:
+            return True
+        rate = self._rate(action)
+        allowed = await self._shared(action, who, rate) if self._redis else None
+        if allowed is None:
+            allowed = self.local.take(action, who, rate)
+        if not allowed:
+            self.refused += 1
+        return allowed
+
+    async def _shared(self, action: str, who: str, rate: Rate) -> bool | None:
+        window = int(time.time()) // WINDOW_SECONDS
+        key = f"{self.prefix}:rate:{action}:{who}:{window}"
+        budget = rate.burst + rate.per_second * WINDOW_SECONDS
+        assert self._redis is not None
+        try:
+            count = await aio_as_trio(self._incr)(key)
+        except REDIS_ERRORS as exc:
+            log.debug("shared rate limit unavailable: %s", exc)
+            return None
+        return bool(count <= budget)
+
+    async def _incr(self, key: str) -> int:
+        assert self._redis is not None
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, WINDOW_SECONDS * 2)
+            count, _ = await pipe.execute()
+        return int(count)
+
+    async def aclose(self) -> None:
+        if self._redis is not None:
+            with trio.CancelScope(shield=True):
+                await aio_as_trio(self._redis.aclose)()
