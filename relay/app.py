@@ -38,6 +38,7 @@ from relay.store.communities import Communities
 from relay.store.db import Database
 from relay.store.embedded import embedded_postgres
 from relay.store.events import EventStore
+from relay.store.group_commit import GroupCommit
 from relay.store.migrations import migrate
 
 log = logging.getLogger(__name__)
@@ -248,6 +249,9 @@ async def serve(
             relay.shutdown = shutdown
         if relay.bridge is not None:
             background.start_soon(relay.bridge.run)
+        group = GroupCommit(relay.db)
+        relay.store.group = group
+        background.start_soon(group.run)
         background.start_soon(purge_expired_forever, relay)
         async with trio.open_nursery() as connections:
             listeners = await trio.open_tcp_listeners(settings.port, host=settings.bind)

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 SLOW_CONSUMER_CLOSE_CODE = 1008
 GOING_AWAY_CLOSE_CODE = 1001
+PIPELINED_EVENTS = 32
 QUERY_FAILED = "error: the query could not be run, try again"
 # Time allowed to tell a slow consumer why it is being disconnected.
 GOODBYE_SECONDS = 5.0
@@ -74,6 +75,11 @@ class ClientConnection:
         self.ip = ip
         # Cancelled on shutdown: stops waiting for the next frame, never a frame in progress.
         self._waiting_for_frame = trio.CancelScope()
+        # EVENTs of one connection are ingested concurrently, up to this many at once.
+        self._pipeline = trio.Semaphore(PIPELINED_EVENTS)
+        self._in_flight = 0
+        self._settled = trio.Event()
+        self._nursery: trio.Nursery
         self.session = Session(host=host, limits=relay.limits)
         self.outbox = Outbox(relay.limits.max_outbound_bytes)
         self.sink = LiveSink(self.session, self.outbox)
@@ -83,11 +89,13 @@ class ClientConnection:
         fanout.register(self.community_id, self.sink)
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._write, nursery.cancel_scope)
                 nursery.start_soon(self._watch_slow_consumer, nursery.cancel_scope)
                 nursery.start_soon(self._watch_shutdown)
                 await self.outbox.put(msg.auth_challenge(self.session.challenge))
                 await self._read()
+                await self._events_settled()
                 await self._flush()
                 nursery.cancel_scope.cancel()
         finally:
@@ -159,15 +167,13 @@ class ClientConnection:
         if isinstance(parsed, msg.Refusal):
             await out.put(parsed.reply)
         elif isinstance(parsed, msg.ClientEvent):
-            if not await self._allowed("event"):
-                verdict = Verdict(False, "rate-limited: slow down, too many events")
-            else:
-                verdict = await self.relay.ingest.submit(
-                    self.community_id, parsed.event, self.session.authenticated, int(time.time())
-                )
-            self.relay.metrics.count_verdict(verdict.accepted, verdict.message)
-            await out.put(msg.ok(parsed.event.id, verdict.accepted, verdict.message))
-        elif isinstance(parsed, msg.ClientReq | msg.ClientCount) and not await self._allowed(
+            await self._pipeline.acquire()
+            self._in_flight += 1
+            self._nursery.start_soon(self._submit, parsed.event)
+            return
+        # Anything else sees the effect of every EVENT this client sent before it.
+        await self._events_settled()
+        if isinstance(parsed, msg.ClientReq | msg.ClientCount) and not await self._allowed(
             "req"
         ):
             await out.put(msg.closed(parsed.sub_id, "rate-limited: slow down, too many requests"))
@@ -187,6 +193,30 @@ class ClientConnection:
             self.session.close(parsed.sub_id)
         elif isinstance(parsed, msg.ClientAuth):
             await self._authenticate(parsed.event)
+
+    async def _submit(self, event: Event) -> None:
+        """One EVENT, concurrently with the client's next frames (OKs may come out of
+        order, matched by id as NIP-01 intends)."""
+        try:
+            if not await self._allowed("event"):
+                verdict = Verdict(False, "rate-limited: slow down, too many events")
+            else:
+                authenticated = frozenset(self.session.authenticated)
+                verdict = await self.relay.ingest.submit(
+                    self.community_id, event, authenticated, int(time.time())
+                )
+            self.relay.metrics.count_verdict(verdict.accepted, verdict.message)
+            await self.outbox.put(msg.ok(event.id, verdict.accepted, verdict.message))
+        finally:
+            self._pipeline.release()
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._settled.set()
+                self._settled = trio.Event()
+
+    async def _events_settled(self) -> None:
+        while self._in_flight:
+            await self._settled.wait()
 
     async def _allowed(self, action: str) -> bool:
         """Per IP, and per authenticated pubkey as well once the client has AUTHed."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from relay.events import kinds
 from relay.events.kinds import Storage, storage_class
@@ -59,6 +59,14 @@ def parse_address(value: str) -> Coordinate | None:
     if not sep or not sep2 or not kind.isdigit() or len(pubkey) != 64:
         return None
     return Coordinate(int(kind), pubkey, d)
+
+
+class GroupWriter(Protocol):
+    running: bool
+
+    def accepts(self, event: Event) -> bool: ...
+
+    async def save(self, community_id: int, event: Event, raw: str) -> SaveResult: ...
 
 
 RemovalHook = Callable[[Connection, int, tuple[Coordinate, ...]], Awaitable[None]]
@@ -311,12 +319,17 @@ class EventStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.removal_hooks: tuple[RemovalHook, ...] = ()
+        # Set while a group-commit writer runs: regular events are then stored in batches.
+        self.group: GroupWriter | None = None
 
     def on_removal(self, hook: RemovalHook) -> None:
         """Run `hook` in the transaction that removes addressable or replaceable events."""
         self.removal_hooks = (*self.removal_hooks, hook)
 
     async def save(self, community_id: int, event: Event, raw: str) -> SaveResult:
+        group = self.group
+        if group is not None and group.running and group.accepts(event):
+            return await group.save(community_id, event, raw)
         return (await self.save_together(community_id, [(event, raw)]))[0]
 
     async def save_together(

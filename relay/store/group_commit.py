@@ -1,0 +1,155 @@
+"""Group commit for regular events: the events that arrive while a write is in flight are
+stored together, in one crossing into asyncio and one transaction.
+
+Each submitter still gets its own outcome (stored, duplicate, or deleted by its author),
+and only after the transaction that holds its event committed: OK still means durable.
+Replaceable, addressable and deletion events take the one-at-a-time path, since their
+rules need a lock per coordinate.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from relay.events import kinds
+from relay.events.kinds import Storage, storage_class
+from relay.events.model import Event
+from relay.events.rules import expiration_of
+from relay.store.db import Connection, Database
+from relay.store.events import Saved, SaveResult, indexed_tags
+
+MAX_BATCH = 500
+WRITERS = 3
+
+
+def batchable(event: Event) -> bool:
+    return storage_class(event.kind) is Storage.REGULAR and event.kind != kinds.DELETION
+
+
+@dataclass
+class _Pending:
+    community_id: int
+    event: Event
+    raw: str
+    done: trio.Event = field(default_factory=trio.Event)
+    result: SaveResult | None = None
+    error: BaseException | None = None
+
+
+async def _save_batch(conn: Connection, batch: list[_Pending]) -> list[Saved]:
+    cids = [p.community_id for p in batch]
+    ids = [bytes.fromhex(p.event.id) for p in batch]
+    pubkeys = [bytes.fromhex(p.event.pubkey) for p in batch]
+    async with conn.transaction():
+        deleted = {
+            (r["community_id"], bytes(r["event_id"]))
+            for r in await conn.fetch(
+                "SELECT d.community_id, d.event_id FROM deleted_events d"
+                " JOIN unnest($1::integer[], $2::bytea[], $3::bytea[]) AS b(cid, id, pubkey)"
+                " ON d.community_id = b.cid AND d.event_id = b.id AND d.pubkey = b.pubkey",
+                cids,
+                ids,
+                pubkeys,
+            )
+        }
+        keep = [i for i, key in enumerate(zip(cids, ids, strict=True)) if key not in deleted]
+        rows: list[Any] = []
+        if keep:
+            rows = await conn.fetch(
+                "INSERT INTO events (community_id, id, pubkey, kind, created_at, coordinate_d,"
+                " expires_at, raw) SELECT cid, id, pubkey, kind, created_at, NULL, expires_at,"
+                " raw FROM unnest($1::integer[], $2::bytea[], $3::bytea[], $4::integer[],"
+                " $5::bigint[], $6::bigint[], $7::text[])"
+                " AS b(cid, id, pubkey, kind, created_at, expires_at, raw)"
+                " ON CONFLICT DO NOTHING RETURNING community_id, id",
+                [cids[i] for i in keep],
+                [ids[i] for i in keep],
+                [pubkeys[i] for i in keep],
+                [batch[i].event.kind for i in keep],
+                [batch[i].event.created_at for i in keep],
+                [expiration_of(batch[i].event) for i in keep],
+                [batch[i].raw for i in keep],
+            )
+        inserted = {(r["community_id"], bytes(r["id"])) for r in rows}
+        outcomes: list[Saved] = []
+        claimed: set[tuple[int, bytes]] = set()
+        tag_rows: list[tuple[int, str, str, int, bytes]] = []
+        for p, key in zip(batch, zip(cids, ids, strict=True), strict=True):
+            if key in deleted:
+                outcomes.append(Saved.DELETED)
+            elif key in inserted and key not in claimed:
+                claimed.add(key)
+                outcomes.append(Saved.STORED)
+                tag_rows += [
+                    (key[0], n, v, p.event.created_at, key[1]) for n, v in indexed_tags(p.event)
+                ]
+            else:
+                outcomes.append(Saved.DUPLICATE)
+        if tag_rows:
+            await conn.execute(
+                "INSERT INTO event_tags (community_id, name, value, created_at, event_id)"
+                " SELECT * FROM unnest($1::integer[], $2::text[], $3::text[], $4::bigint[],"
+                " $5::bytea[])",
+                *[list(column) for column in zip(*tag_rows, strict=True)],
+            )
+    return outcomes
+
+
+class GroupCommit:
+    def __init__(self, db: Database, max_batch: int = MAX_BATCH) -> None:
+        self.db = db
+        self.max_batch = max_batch
+        self._queue: deque[_Pending] = deque()
+        self._wake = trio.Event()
+        self.running = False
+        self.batches = 0
+        self.events = 0
+
+    @staticmethod
+    def accepts(event: Event) -> bool:
+        return batchable(event)
+
+    async def save(self, community_id: int, event: Event, raw: str) -> SaveResult:
+        pending = _Pending(community_id, event, raw)
+        self._queue.append(pending)
+        self._wake.set()
+        # Once queued the write happens even if this waiter goes away: the event is then
+        # stored without anyone to tell, which is the same as a lost OK.
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result
+
+    async def run(self, writers: int = WRITERS) -> None:
+        self.running = True
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(writers):
+                    nursery.start_soon(self._write_forever)
+        finally:
+            self.running = False
+
+    async def _write_forever(self) -> None:
+        while True:
+            while not self._queue:
+                self._wake = trio.Event()
+                await self._wake.wait()
+            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
+            try:
+                with trio.CancelScope(shield=True):
+                    outcomes = await self.db.run(_save_batch, batch)
+            except Exception as exc:
+                for pending in batch:
+                    pending.error = exc
+                    pending.done.set()
+                continue
+            self.batches += 1
+            self.events += len(batch)
+            for pending, outcome in zip(batch, outcomes, strict=True):
+                pending.result = SaveResult(outcome)
+                pending.done.set()
