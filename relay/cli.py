@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -55,19 +56,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("url", help="the repository URL, e.g. https://host/git/<owner>/<repo>.git")
     token.add_argument("--key-file", help="file holding the secret key (hex or nsec)")
+    export = commands.add_parser(
+        "export",
+        help="write a community's stored events to stdout, one JSON event a line",
+        description=(
+            "Writes every stored, unexpired event of the community to stdout as JSON\n"
+            "Lines, oldest first, for `relay import`. The database is only read.\n"
+            "  relay export --community example.com > events.jsonl"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("--community", metavar="HOST", help="default: the first of RELAY_HOSTS")
+    import_ = commands.add_parser(
+        "import",
+        help="store events read from stdin (JSON Lines, as export writes them)",
+        description=(
+            "Stores one JSON event a line from stdin, with the checks and the replacement\n"
+            "and deletion (NIP-09) rules of the websocket path. Expired, ephemeral and AUTH\n"
+            "events are skipped; invalid lines are counted and named by line number.\n"
+            "Re-running a file stores nothing twice, so an interrupted import resumes.\n"
+            "Repositories are not re-created by import: kind 30617 announcements are\n"
+            "stored as events only (no repo name is reserved, no git data is created).\n"
+            "  relay import --community example.com < events.jsonl"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    import_.add_argument("--community", metavar="HOST", help="default: the first of RELAY_HOSTS")
     return parser
 
 
 async def _serve(settings: Settings) -> None:
     from relay.app import serve
 
-    async with trio.open_nursery() as nursery:
-        await nursery.start(serve, settings)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                log.info("received %s, shutting down", signal.Signals(signum).name)
+    shutdown = trio.Event()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def on_signal() -> None:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if shutdown.is_set():
+                        log.warning("received %s again, stopping now", name)
+                        nursery.cancel_scope.cancel()
+                        return
+                    log.info("received %s, shutting down gracefully", name)
+                    shutdown.set()
+
+            async def run_relay(task_status: trio.TaskStatus[int]) -> None:
+                await serve(settings, shutdown=shutdown, task_status=task_status)
                 nursery.cancel_scope.cancel()
-                break
+
+            nursery.start_soon(on_signal)
+            await nursery.start(run_relay)
 
 
 async def _probe(settings: Settings) -> None:
@@ -102,7 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"relay: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(settings.log_level, settings.log_format)
-    runner = {"serve": _serve, "migrate": _migrate, "probe": _probe}[args.command]
+    runner = {"serve": _serve, "migrate": _migrate, "probe": _probe}.get(args.command)
+    if runner is None:
+        from relay.store import transfer
+
+        command = {"export": transfer.export_command, "import": transfer.import_command}
+        runner = partial(command[args.command], community=args.community)
     try:
         trio.run(runner, settings)
     except Exception as exc:

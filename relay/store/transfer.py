@@ -1,0 +1,423 @@
+"""Bulk export and import of one community's events (`relay export`, `relay import`).
+
+The format is JSON Lines: one compact NIP-01 event a line, oldest first (created_at, id).
+
+Export streams the stored, unexpired events in keyset-paginated batches, one database
+crossing a batch, so memory stays bounded whatever the size of the community. It reads
+without locking the relay: events written while it runs may or may not be included, but
+because the output is ordered by created_at, a deletion or a newer replaceable version
+written meanwhile comes after what it affects, and importing the file still converges.
+
+Import checks every line as the websocket path checks an EVENT (shape, limits, created_at
+not too far in the future, the kind-specific validators, id and signature) and stores it
+through `EventStore.save`, in file order, so replacement and NIP-09 deletion rules apply
+exactly as they do live. Events already expired (NIP-40), ephemeral events and NIP-42 AUTH
+events are skipped. Re-running a file stores nothing twice, so an interrupted import is
+resumed by running it again. NIP-70 protected events are stored: the operator vouches for
+the file. Repositories are not re-created: a kind 30617 announcement is stored as an event
+only, without reserving its name in the registry or seeding a git pointer, and a deletion
+in the file does not release names or drop pointers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO, Concatenate, ParamSpec, TypeVar
+
+import asyncpg
+import orjson
+import trio
+
+from relay.app import open_database
+from relay.config import ConfigError, Settings
+from relay.events import kinds, rules
+from relay.events.kinds import Storage, storage_class
+from relay.events.model import Event, InvalidEvent, parse_event
+from relay.git.announce import Announcements
+from relay.git.refstate import check_ref_state
+from relay.protocol.hosts import normalize_host
+from relay.protocol.limits import Limits
+from relay.store.communities import Communities
+from relay.store.db import STORE_ERRORS, Connection, Database, DatabaseError
+from relay.store.events import EventStore, Saved
+from relay.store.migrations import migrate
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+EXPORT_BATCH = 5000
+# Lines read and checked before their events are stored.
+IMPORT_BATCH = 1000
+# Invalid lines named in the report; the rest are only counted.
+REPORTED_INVALID = 10
+
+# The same kind-specific checks the websocket path runs before storing (see app.wire_git).
+VALIDATORS = {
+    kinds.REPO_ANNOUNCEMENT: Announcements.check,
+    kinds.REPO_STATE: check_ref_state,
+}
+
+
+class UnknownCommunity(ConfigError):
+    """The named community does not exist (exit status 2, like a bad setting)."""
+
+
+def community_host(settings: Settings, community: str | None) -> str:
+    """The normalized host of `--community`, or the first of RELAY_HOSTS."""
+    if community is None:
+        return settings.hosts[0]
+    host = normalize_host(community)
+    if host is None:
+        raise ConfigError(f"--community {community!r} is not a host name")
+    return host
+
+
+async def _resolve(db: Database, host: str) -> int:
+    try:
+        community_id = await Communities(db).resolve(host)
+    except asyncpg.UndefinedTableError:
+        raise DatabaseError("the database has no relay tables; run `relay migrate`") from None
+    if community_id is None:
+        raise UnknownCommunity(f"community {host!r} does not exist in this database")
+    return community_id
+
+
+# -- export --------------------------------------------------------------------------------
+
+
+async def _export_batch(
+    conn: Connection, community_id: int, now: int, after: tuple[int, bytes], limit: int
+) -> list[asyncpg.Record]:
+    # (created_at, id) > after, spelled so the created_at bound is an index condition.
+    return list(
+        await conn.fetch(
+            "SELECT raw, created_at, id FROM events"
+            " WHERE community_id = $1 AND (expires_at IS NULL OR expires_at > $2)"
+            " AND created_at >= $3 AND (created_at > $3 OR id > $4)"
+            " ORDER BY created_at, id LIMIT $5",
+            community_id,
+            now,
+            after[0],
+            after[1],
+            limit,
+        )
+    )
+
+
+class OutputClosed(DatabaseError):
+    """Export could not write all its events (exit status 1, with a one-line message)."""
+
+
+async def export_events(
+    db: Database, community_id: int, out: BinaryIO, *, now: int, batch: int = EXPORT_BATCH
+) -> int:
+    """Write the community's events unexpired at `now` to `out`; returns how many."""
+    after: tuple[int, bytes] = (-1, b"")
+    total = 0
+    while True:
+        try:
+            rows = await db.run(_export_batch, community_id, now, after, batch)
+        except STORE_ERRORS as exc:
+            raise DatabaseError(f"reading events failed after {total}: {exc}") from exc
+        if not rows:
+            return total
+        try:
+            out.write(b"".join(row["raw"].encode() + b"\n" for row in rows))
+            out.flush()
+        except BrokenPipeError:
+            raise OutputClosed(
+                f"export stopped after {total} events: the output was closed"
+            ) from None
+        total += len(rows)
+        last = rows[-1]
+        after = (last["created_at"], bytes(last["id"]))
+        if len(rows) < batch:
+            return total
+
+
+async def export_command(settings: Settings, community: str | None) -> None:
+    host = community_host(settings, community)
+    async with open_database(settings) as db:
+        community_id = await _resolve(db, host)
+        try:
+            exported = await export_events(
+                db, community_id, sys.stdout.buffer, now=int(time.time())
+            )
+        except OutputClosed:
+            # Keep the interpreter from failing again when it flushes stdout at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise
+    print(f"exported {exported} events from {host}", file=sys.stderr)
+
+
+# -- import --------------------------------------------------------------------------------
+
+
+@dataclass
+class ImportReport:
+    read: int = 0
+    stored: int = 0
+    duplicate: int = 0
+    superseded: int = 0
+    deleted: int = 0
+    invalid: int = 0
+    skipped: int = 0
+    expired: int = 0  # of the skipped: NIP-40 expired
+    ephemeral: int = 0  # of the skipped: ephemeral kinds and kind 22242
+    problems: list[str] = field(default_factory=list)  # the first invalid lines, named
+
+    def add_invalid(self, line: int, reason: str) -> None:
+        self.invalid += 1
+        if len(self.problems) < REPORTED_INVALID:
+            self.problems.append(f"line {line}: {reason}")
+
+    def add_saved(self, outcome: Saved) -> None:
+        if outcome is Saved.STORED:
+            self.stored += 1
+        elif outcome is Saved.DUPLICATE:
+            self.duplicate += 1
+        elif outcome is Saved.SUPERSEDED:
+            self.superseded += 1
+        elif outcome is Saved.DELETED:
+            self.deleted += 1
+        else:  # REFUSED needs a precondition, which an import never passes
+            raise AssertionError(f"unexpected save outcome {outcome}")
+
+    def render(self, host: str) -> str:
+        lines = [
+            f"imported into {host}: read {self.read}, stored {self.stored}, "
+            f"duplicate {self.duplicate}, superseded {self.superseded}, "
+            f"deleted {self.deleted}, invalid {self.invalid}, skipped {self.skipped} "
+            f"(expired {self.expired}, ephemeral {self.ephemeral})"
+        ]
+        lines += [f"  {p}" for p in self.problems]
+        if self.invalid > len(self.problems):
+            lines.append(f"  ... and {self.invalid - len(self.problems)} more invalid lines")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    reason: str  # "expired" or "ephemeral"
+
+
+def max_line_bytes(limits: Limits) -> int:
+    """Longer lines cannot hold an acceptable event (JSON escapes take at most 6 bytes)."""
+    return 6 * limits.max_event_bytes + 4096
+
+
+def read_lines(stream: BinaryIO, max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, line) for each non-blank line; None for a line longer than max_bytes,
+    which is skipped without being held in memory."""
+    number = 0
+    while True:
+        line = stream.readline(max_bytes + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > max_bytes:
+            while line and not line.endswith(b"\n"):
+                line = stream.readline(max_bytes)
+            yield number, None
+            continue
+        if line.strip():
+            yield number, line
+
+
+def check_line(line: bytes, limits: Limits, now: int) -> Event | Skip | str:
+    """The event to store, a reason to skip it, or why the line is invalid."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return f"not JSON: {exc}"
+    try:
+        event = parse_event(obj)
+        expiration = rules.expiration_of(event)
+    except InvalidEvent as exc:
+        return str(exc)
+    expired = expiration is not None and expiration <= now
+    if not expired:
+        # Its expiration test would refuse an expired event, which is skipped instead.
+        refusal = rules.check_shape_limits(event, len(event.to_json().encode()), limits, now)
+        if refusal is not None:
+            return refusal.removeprefix("invalid: ")
+    validator = VALIDATORS.get(event.kind)
+    refusal = (validator(event) if validator else None) or rules.check_signature(event)
+    if refusal is not None:
+        return refusal.removeprefix("invalid: ")
+    if event.kind == kinds.AUTH or storage_class(event.kind) is Storage.EPHEMERAL:
+        return Skip("ephemeral")
+    if expired:
+        return Skip("expired")
+    return event
+
+
+def _check_batch(
+    lines: Iterator[tuple[int, bytes | None]], limits: Limits, max_bytes: int, size: int
+) -> list[tuple[int, Event | Skip | str]]:
+    """Read and check up to `size` lines (blocking: run in a worker thread)."""
+    checked: list[tuple[int, Event | Skip | str]] = []
+    now = int(time.time())
+    for number, line in lines:
+        if line is None:
+            checked.append((number, f"line is longer than {max_bytes} bytes"))
+        else:
+            checked.append((number, check_line(line, limits, now)))
+        if len(checked) >= size:
+            break
+    return checked
+
+
+class _OnConnection(Database):
+    """A Database whose `run` uses one connection the caller already holds on the asyncio
+    side: an EventStore over it saves a whole batch in one crossing, one transaction an
+    event, through exactly the code the relay uses."""
+
+    def __init__(self, conn: Connection) -> None:  # no pool: nothing is acquired
+        self._conn = conn
+
+    async def run(
+        self,
+        work: Callable[Concatenate[Connection, P], Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        return await work(self._conn, *args, **kwargs)
+
+
+@dataclass
+class _Saving:
+    outcomes: list[Saved] = field(default_factory=list)
+    failure: tuple[int, Exception] | None = None  # the line whose event could not be stored
+
+
+async def _stored_already(
+    conn: Connection, community_id: int, events: list[tuple[int, Event]]
+) -> set[str]:
+    """Ids of the batch's regular, non-deletion events that are stored already."""
+    ids = [
+        bytes.fromhex(e.id)
+        for _, e in events
+        if e.kind != kinds.DELETION and storage_class(e.kind) is Storage.REGULAR
+    ]
+    if not ids:
+        return set()
+    rows = await conn.fetch(
+        "SELECT id FROM events WHERE community_id = $1 AND id = ANY($2::bytea[])",
+        community_id,
+        ids,
+    )
+    return {bytes(row["id"]).hex() for row in rows}
+
+
+async def _save_batch(
+    conn: Connection, community_id: int, events: list[tuple[int, Event]]
+) -> _Saving:
+    """Save in order; stop at the first failure, keeping what was committed before it.
+
+    Each event is its own transaction, committed without waiting for the disk; one
+    synchronous commit at the end of the batch then flushes the WAL up to it, so the
+    whole batch is durable before it is counted, at the price of one flush.
+
+    A re-run is cheap: a regular, non-deletion event found stored when the batch starts is
+    a duplicate without a save, which is exactly what the save would answer, unless a
+    deletion by its author comes earlier in the batch (then it is saved and answers
+    DELETED). Replaceable, addressable and deletion events are always saved."""
+    store = EventStore(_OnConnection(conn))
+    saving = _Saving()
+    line = events[0][0]  # the line being stored, named if storing fails
+    try:
+        await conn.execute("SET synchronous_commit = off")
+        try:
+            stored = await _stored_already(conn, community_id, events)
+            deleting: set[str] = set()  # authors of the deletions met so far in the batch
+            for line, event in events:  # noqa: B007 - `line` is read after the loop
+                if event.kind == kinds.DELETION:
+                    deleting.add(event.pubkey)
+                elif event.id in stored and event.pubkey not in deleting:
+                    saving.outcomes.append(Saved.DUPLICATE)
+                    continue
+                result = await store.save(community_id, event, event.to_json())
+                saving.outcomes.append(result.outcome)
+        finally:
+            await conn.execute("RESET synchronous_commit")
+        # A transaction with an id commits synchronously: WAL is flushed up to here.
+        await conn.fetchval("SELECT txid_current()")
+    except STORE_ERRORS as exc:
+        saving.failure = (line, exc)
+    return saving
+
+
+async def import_events(
+    db: Database,
+    community_id: int,
+    stream: BinaryIO,
+    limits: Limits,
+    report: ImportReport,
+    *,
+    batch: int = IMPORT_BATCH,
+) -> ImportReport:
+    """Store the events of `stream` in file order, counting each line's outcome in `report`.
+
+    Lines are read and checked in a worker thread, a batch at a time; the batch's events
+    are then saved in one database crossing, one transaction each, in file order."""
+    max_bytes = max_line_bytes(limits)
+    lines = read_lines(stream, max_bytes)
+    while True:
+        # Abandoned on cancel (Ctrl-C while stdin waits): nothing reads `lines` afterwards.
+        checked = await trio.to_thread.run_sync(
+            _check_batch, lines, limits, max_bytes, batch, abandon_on_cancel=True
+        )
+        if not checked:
+            return report
+        events: list[tuple[int, Event]] = []
+        for number, outcome in checked:
+            report.read += 1
+            if isinstance(outcome, Event):
+                events.append((number, outcome))
+            elif isinstance(outcome, Skip):
+                report.skipped += 1
+                if outcome.reason == "expired":
+                    report.expired += 1
+                else:
+                    report.ephemeral += 1
+            else:
+                report.add_invalid(number, outcome)
+        if not events:
+            continue
+        try:
+            saving = await db.run(_save_batch, community_id, events)
+        except STORE_ERRORS as exc:  # no connection: nothing of the batch was stored
+            saving = _Saving(failure=(events[0][0], exc))
+        for saved in saving.outcomes:
+            report.add_saved(saved)
+        if saving.failure is not None:
+            failed_line, error = saving.failure
+            raise DatabaseError(
+                f"storing the event of line {failed_line} failed: {error}; "
+                "run the import again to resume"
+            ) from error
+
+
+async def import_command(settings: Settings, community: str | None) -> None:
+    host = community_host(settings, community)
+    report = ImportReport()
+    async with open_database(settings) as db:
+        applied = await migrate(db)
+        if applied:
+            log.info("applied migrations %s", applied)
+        await Communities(db).ensure(list(settings.hosts))
+        community_id = await _resolve(db, host)
+        if sys.stdin.isatty():
+            log.warning("reading events from the terminal; end with Ctrl-D")
+        try:
+            await import_events(db, community_id, sys.stdin.buffer, settings.limits, report)
+        finally:
+            print(report.render(host), file=sys.stderr)
