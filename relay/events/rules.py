@@ -19,7 +19,7 @@ def expiration_of(event: Event) -> int | None:
     value = event.first_tag_value("expiration")
     if value is None:
         return None
-    if not value.isdigit() or len(value) > 16:
+    if not (value.isascii() and value.isdigit()) or len(value) > 16:
         raise InvalidEvent("expiration tag must hold a unix timestamp")
     return int(value)
 

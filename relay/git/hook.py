@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 ZERO = {"0" * 40, "0" * 64}
-SOCKET_ENV = "RELAY_HOOK_SOCKET"
+SOCKET_ENV = "PUSH_POLICY_SOCKET"
 
 
 def is_ancestor(old: str, new: str) -> bool | None:

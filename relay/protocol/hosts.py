@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
-_IPV6 = re.compile(r"^\[[0-9a-f:.]+\]$")
+
+
+def _is_port(text: str) -> bool:
+    return text.isascii() and text.isdigit() and int(text) <= 65535
 
 
 def normalize_host(value: str) -> str | None:
@@ -14,21 +18,26 @@ def normalize_host(value: str) -> str | None:
     A community is a host name: the port a client used to reach the relay is not part of
     its identity, so `localhost:7777`, `LOCALHOST.` and `localhost:443` are one community.
     """
-    host = value.strip().lower()
-    if not host or len(host) > 260:
+    stripped = value.strip()
+    # ASCII first: str.lower() folds some non-ASCII letters into ASCII ones (U+212A -> k).
+    if not stripped or len(stripped) > 260 or not stripped.isascii():
         return None
+    host = stripped.lower()
     if host.startswith("["):
         end = host.find("]")
         if end < 0:
             return None
         rest = host[end + 1 :]
-        if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+        if rest and not (rest.startswith(":") and _is_port(rest[1:])):
             return None
-        host = host[: end + 1]
-        return host if _IPV6.fullmatch(host) else None
+        try:
+            ipaddress.IPv6Address(host[1:end])
+        except ValueError:
+            return None
+        return host[: end + 1]
     if ":" in host:
         host, _, port = host.partition(":")
-        if not port.isdigit():
+        if not _is_port(port):
             return None
     host = host.removesuffix(".")
     if not host or len(host) > 253:

@@ -56,7 +56,9 @@ def indexed_tags(event: Event) -> list[tuple[str, str]]:
 def parse_address(value: str) -> Coordinate | None:
     kind, sep, rest = value.partition(":")
     pubkey, sep2, d = rest.partition(":")
-    if not sep or not sep2 or not kind.isdigit() or len(pubkey) != 64:
+    if not sep or not sep2 or not (kind.isascii() and kind.isdigit()) or len(kind) > 5:
+        return None
+    if len(pubkey) != 64:
         return None
     return Coordinate(int(kind), pubkey, d)
 
