@@ -6,7 +6,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -237,6 +237,7 @@ async def serve(
     settings: Settings,
     *,
     shutdown: trio.Event | None = None,
+    on_ready: Callable[[Relay], None] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the relay; reports the bound port through task_status.
@@ -272,6 +273,8 @@ async def serve(
                     ", ".join(settings.hosts),
                     relay.pubkey,
                 )
+                if on_ready is not None:
+                    on_ready(relay)
                 task_status.started(port)
                 await relay.shutdown.wait()
                 log.info("shutting down: no new connections; %.0f s grace", settings.shutdown_grace)

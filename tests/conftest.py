@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from functools import partial
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import asyncpg
 import pytest
 import trio
 
-from relay.app import serve
+from relay.app import Relay, serve
 from relay.config import Settings, load_settings
 from relay.git.fsstore import FilesystemStore
 from relay.git.objectstore import ObjectStore
@@ -182,8 +183,9 @@ async def start_relay(
     nursery: trio.Nursery, db_url: str, data_dir: Path, **overrides: Any
 ) -> RelayUnderTest:
     settings = relay_settings(db_url, data_dir, **overrides)
-    port = await nursery.start(serve, settings)
-    return RelayUnderTest(port=port, settings=settings, db_url=db_url)
+    running: list[Relay] = []
+    port = await nursery.start(partial(serve, settings, on_ready=running.append))
+    return RelayUnderTest(port=port, settings=settings, db_url=db_url, app=running[0])
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import trio
 import trio_websocket
 from coincurve import PrivateKey
 
+from relay.app import Relay
 from relay.config import Settings
 from relay.events.model import Event, sign_event
 
@@ -28,6 +29,8 @@ class RelayUnderTest:
     port: int
     settings: Settings
     db_url: str
+    # The running relay's objects, for tests that must reach inside (e.g. occupy git slots).
+    app: Relay | None = None
 
     @property
     def url(self) -> str:

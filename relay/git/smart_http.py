@@ -17,6 +17,7 @@ import sys
 import time
 import zlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,6 +60,7 @@ NO_CACHE = [("Cache-Control", "no-cache")]
 MAX_UPLOAD_REQUEST_BYTES = 16 * 1024 * 1024
 MAX_HOOK_MESSAGE_BYTES = 4 * 1024 * 1024
 RETRY_AFTER_SECONDS = "5"
+SLOT_WAIT_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,19 +145,7 @@ class GitService:
             service = self._service(request, route)
             pusher = self._authenticate(request, route, host, service)
             announcement = await self._announcement(community_id, route)
-            try:
-                self.processes.acquire_nowait()
-            except trio.WouldBlock:
-                raise HttpError(
-                    503, "too many git operations in progress, retry shortly",
-                    [("Retry-After", RETRY_AFTER_SECONDS)],
-                ) from None  # fmt: skip
-            try:
-                await self._serve(
-                    stream, request, route, service, community_id, pusher, announcement
-                )
-            finally:
-                self.processes.release()
+            await self._serve(stream, request, route, service, community_id, pusher, announcement)
             return 200
         except HttpError as exc:
             body = (exc.message + "\n").encode()
@@ -236,21 +226,46 @@ class GitService:
         async with scratch_dir(self.scratch) as tmp:
             repo = tmp / "repo.git"
             repo.mkdir()
-            if route.action == "info/refs":
+            # The body is read before a git slot is taken, within its own deadline, so a
+            # slow or stalled client never holds a slot.
+            body = b""
+            spool = tmp / "push.body"
+            with trio.move_on_after(self.limits.timeout_seconds) as reading:
+                if route.action == "info/refs":
+                    pass
+                elif service == "git-upload-pack":
+                    body = await self._small_body(stream, request)
+                else:
+                    await self._spool(stream, request, spool)
+            if reading.cancelled_caught:
+                raise HttpError(408, "the request body did not arrive in time")
+            async with self._slot():
                 ws = await hydrate_into(repo, self.relay.objects, key, self.limits)
-                await self._advertise(stream, ws, service)
-            elif service == "git-upload-pack":
-                body = await self._small_body(stream, request)
-                ws = await hydrate_into(repo, self.relay.objects, key, self.limits)
-                await self._upload_pack(stream, ws, body)
-            else:
-                assert pusher is not None
-                spool = tmp / "push.body"
-                await self._spool(stream, request, spool)
-                ws = await hydrate_into(repo, self.relay.objects, key, self.limits)
-                await self._receive_pack(
-                    stream, ws, spool, key, community_id, route, pusher, announcement
-                )
+                if route.action == "info/refs":
+                    await self._advertise(stream, ws, service)
+                elif service == "git-upload-pack":
+                    await self._upload_pack(stream, ws, body)
+                else:
+                    assert pusher is not None
+                    await self._receive_pack(
+                        stream, ws, spool, key, community_id, route, pusher, announcement
+                    )
+
+    @asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """One of RELAY_GIT_MAX_PROCESSES; a short wait absorbs a client's back-to-back
+        requests (git sends its POST right after its GET), then 503 with Retry-After."""
+        with trio.move_on_after(SLOT_WAIT_SECONDS) as waiting:
+            await self.processes.acquire()
+        if waiting.cancelled_caught:
+            raise HttpError(
+                503, "too many git operations in progress, retry shortly",
+                [("Retry-After", RETRY_AFTER_SECONDS)],
+            )  # fmt: skip
+        try:
+            yield
+        finally:
+            self.processes.release()
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -340,7 +355,10 @@ class GitService:
         announcement: Event,
     ) -> None:
         head = await trio.to_thread.run_sync(_read_head, spool)
-        _, capabilities = pktline.parse_commands(head)
+        try:
+            _, capabilities = pktline.parse_commands(head)
+        except ValueError:
+            raise HttpError(400, "the receive-pack request is not pkt-line commands") from None
         hooks = ws.path / "hooks"
         hooks.mkdir(exist_ok=True)
         hook = hooks / "pre-receive"

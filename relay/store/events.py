@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from relay.events import kinds
 from relay.events.kinds import Storage, storage_class
-from relay.events.model import Event
+from relay.events.model import Event, is_hex
 from relay.events.rules import expiration_of
 from relay.protocol.filters import TAG_LETTERS, Filter
 from relay.store.db import Connection, Database
@@ -186,7 +186,7 @@ async def _replace_older(conn: Connection, cid: int, event: Event, d: str) -> Sa
 async def _apply_deletion(conn: Connection, cid: int, request: Event) -> list[Coordinate]:
     author = bytes.fromhex(request.pubkey)
     removed: list[Coordinate] = []
-    ids = [bytes.fromhex(v) for v in request.tag_values("e") if len(v) == 64]
+    ids = [bytes.fromhex(v) for v in request.tag_values("e") if is_hex(v, 64)]
     if ids:
         rows = await conn.fetch(
             "DELETE FROM events WHERE community_id = $1 AND id = ANY($2) AND pubkey = $3"

@@ -192,7 +192,7 @@ def test_sql_query_agrees_with_the_matcher(
     ids = sorted({e.id for e in pool})
     filter_sets: list[list[dict[str, Any]]] = [[{}], [{"limit": 3}]]
     filter_sets += data.draw(
-        st.lists(st.lists(filter_dict(ids), min_size=1, max_size=3), min_size=16, max_size=32),
+        st.lists(st.lists(filter_dict(ids), min_size=1, max_size=3), min_size=8, max_size=16),
         label="filter sets",
     )
     queries = [parse_filters(list(fs), LIMITS) for fs in filter_sets]
