@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import string
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from coincurve import PrivateKey, PublicKeyXOnly
 
-HEX_DIGITS = frozenset(string.hexdigits.lower())
 MAX_KIND = 65535
 # created_at must fit a Postgres bigint and a JSON number every client can read.
 MAX_TIMESTAMP = 2**53 - 1
@@ -22,11 +21,15 @@ class InvalidEvent(ValueError):
     """The event breaks a NIP-01 rule; the message is the reason sent to the client."""
 
 
+_LOWER_HEX = re.compile(r"[0-9a-f]*")
+
+
 def is_hex(value: object, length: int) -> bool:
+    """Exactly `length` lowercase hex characters."""
     return (
         isinstance(value, str)
         and len(value) == length
-        and all(c in HEX_DIGITS for c in value)
+        and _LOWER_HEX.fullmatch(value) is not None
     )
 
 

@@ -55,11 +55,16 @@ class Outbox:
             await self._changed.wait()
         self._push(message)
 
-    async def get(self) -> str:
-        """The next message; raises trio.Cancelled like any wait."""
+    async def get_many(self, max_bytes: int) -> list[str]:
+        """Every queued message up to about max_bytes (at least one), waiting for the first."""
         while not self._queue:
             await self._changed.wait()
-        message = self._queue.popleft()
-        self._bytes -= len(message)
+        taken: list[str] = []
+        size = 0
+        while self._queue and (not taken or size + len(self._queue[0]) <= max_bytes):
+            message = self._queue.popleft()
+            taken.append(message)
+            size += len(message)
+        self._bytes -= size
         self._wake()
-        return message
+        return taken
