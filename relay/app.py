@@ -253,6 +253,7 @@ async def serve(
         group = GroupCommit(relay.db)
         relay.store.group = group
         background.start_soon(group.run)
+        background.start_soon(relay.ingest.verifier.run)
         background.start_soon(purge_expired_forever, relay)
         async with trio.open_nursery() as connections:
             listeners = await trio.open_tcp_listeners(settings.port, host=settings.bind)

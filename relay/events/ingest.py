@@ -16,6 +16,7 @@ from relay.events import rules
 from relay.events.kinds import Storage, storage_class
 from relay.events.model import Event
 from relay.events.side_effects import Handled, SideEffect, Verdict
+from relay.events.verify import BatchVerifier
 from relay.protocol.limits import Limits
 from relay.pubsub.fanout import Fanout
 from relay.store.db import STORE_ERRORS
@@ -55,24 +56,24 @@ class Ingest:
         self.side_effects: dict[int, SideEffect] = {}
         self.validators: dict[int, Callable[[Event], str | None]] = {}
         self.after_removal: list[AfterRemoval] = []
+        self.verifier = BatchVerifier()
 
     def precheck(
         self, event: Event, raw: str, authenticated: Collection[str], now: int
     ) -> str | None:
-        """Every rule that needs no I/O, cheapest first; the refusal reason or None."""
+        """Every rule but the signature, cheapest first; the refusal reason or None."""
         validator = self.validators.get(event.kind)
         return (
             rules.check_shape_limits(event, len(raw.encode()), self.limits, now)
             or rules.check_publishable(event, authenticated)
             or (validator(event) if validator else None)
-            or rules.check_signature(event)
         )
 
     async def submit(
         self, community_id: int, event: Event, authenticated: Collection[str], now: int
     ) -> Verdict:
         raw = event.to_json()
-        refusal = self.precheck(event, raw, authenticated, now)
+        refusal = self.precheck(event, raw, authenticated, now) or await self.verifier.check(event)
         if refusal is not None:
             return Verdict(False, refusal)
         if storage_class(event.kind) is Storage.EPHEMERAL:

@@ -9,12 +9,10 @@ rules need a lock per coordinate.
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import trio
-
+from relay.batching import Batcher
 from relay.events import kinds
 from relay.events.kinds import Storage, storage_class
 from relay.events.model import Event
@@ -30,14 +28,11 @@ def batchable(event: Event) -> bool:
     return storage_class(event.kind) is Storage.REGULAR and event.kind != kinds.DELETION
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class _Pending:
     community_id: int
     event: Event
     raw: str
-    done: trio.Event = field(default_factory=trio.Event)
-    result: SaveResult | None = None
-    error: BaseException | None = None
 
 
 async def _save_batch(conn: Connection, batch: list[_Pending]) -> list[Saved]:
@@ -99,57 +94,17 @@ async def _save_batch(conn: Connection, batch: list[_Pending]) -> list[Saved]:
     return outcomes
 
 
-class GroupCommit:
-    def __init__(self, db: Database, max_batch: int = MAX_BATCH) -> None:
+class GroupCommit(Batcher[_Pending, SaveResult]):
+    def __init__(self, db: Database, max_batch: int = MAX_BATCH, writers: int = WRITERS) -> None:
+        super().__init__(self._write, max_batch=max_batch, workers=writers)
         self.db = db
-        self.max_batch = max_batch
-        self._queue: deque[_Pending] = deque()
-        self._wake = trio.Event()
-        self.running = False
-        self.batches = 0
-        self.events = 0
 
     @staticmethod
     def accepts(event: Event) -> bool:
         return batchable(event)
 
     async def save(self, community_id: int, event: Event, raw: str) -> SaveResult:
-        pending = _Pending(community_id, event, raw)
-        self._queue.append(pending)
-        self._wake.set()
-        # Once queued the write happens even if this waiter goes away: the event is then
-        # stored without anyone to tell, which is the same as a lost OK.
-        await pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        assert pending.result is not None
-        return pending.result
+        return await self.submit(_Pending(community_id, event, raw))
 
-    async def run(self, writers: int = WRITERS) -> None:
-        self.running = True
-        try:
-            async with trio.open_nursery() as nursery:
-                for _ in range(writers):
-                    nursery.start_soon(self._write_forever)
-        finally:
-            self.running = False
-
-    async def _write_forever(self) -> None:
-        while True:
-            while not self._queue:
-                self._wake = trio.Event()
-                await self._wake.wait()
-            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
-            try:
-                with trio.CancelScope(shield=True):
-                    outcomes = await self.db.run(_save_batch, batch)
-            except Exception as exc:
-                for pending in batch:
-                    pending.error = exc
-                    pending.done.set()
-                continue
-            self.batches += 1
-            self.events += len(batch)
-            for pending, outcome in zip(batch, outcomes, strict=True):
-                pending.result = SaveResult(outcome)
-                pending.done.set()
+    async def _write(self, batch: list[_Pending]) -> list[SaveResult]:
+        return [SaveResult(outcome) for outcome in await self.db.run(_save_batch, batch)]
