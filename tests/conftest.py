@@ -9,8 +9,9 @@ import subprocess
 import sys
 import time
 import uuid
-from functools import partial
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -90,12 +91,12 @@ def s3_settings(moto_endpoint: str) -> dict[str, Any]:
     }
 
 
-async def new_s3_store(moto_endpoint: str) -> S3Store:
-    """An S3 store on a bucket of its own in the moto server."""
+async def new_s3_store(moto_endpoint: str, bucket: str | None = None) -> S3Store:
+    """An S3 store on a bucket of its own (created here) in the moto server."""
     store = S3Store(
         S3Config(
             endpoint=moto_endpoint,
-            bucket=f"test-{uuid.uuid4().hex[:16]}",
+            bucket=bucket or f"test-{uuid.uuid4().hex[:16]}",
             access_key=MOTO_KEY,
             secret_key=MOTO_KEY,
             timeout_seconds=10,
@@ -103,6 +104,17 @@ async def new_s3_store(moto_endpoint: str) -> S3Store:
     )
     await store.create_bucket()
     return store
+
+
+@asynccontextmanager
+async def moto_bucket(moto_endpoint: str) -> AsyncIterator[tuple[dict[str, Any], S3Store]]:
+    """Relay overrides for a fresh moto bucket, and a store on that same bucket."""
+    overrides = s3_settings(moto_endpoint)
+    store = await new_s3_store(moto_endpoint, overrides["s3_bucket"])
+    try:
+        yield overrides, store
+    finally:
+        await store.aclose()
 
 
 @pytest.fixture

@@ -35,8 +35,7 @@ from relay.git import model
 from relay.git.objectstore import GitObjects
 from relay.keys import pubkey_hex
 from relay.server.ratelimit import WINDOW_SECONDS
-from tests.conftest import free_port, start_relay
-from tests.e2e.test_repo_races import moto_bucket
+from tests.conftest import free_port, moto_bucket, start_relay
 from tests.git.gitclient import Git, announce
 from tests.helpers import NostrClient, connect, http_get, make_event, new_key, sql
 from tests.redis_server import RedisServer

@@ -28,9 +28,8 @@ from relay.events.model import Event
 from relay.git import model
 from relay.git.fsstore import FilesystemStore
 from relay.git.objectstore import GitObjects, Won
-from relay.git.s3store import S3Config, S3Store
 from relay.keys import pubkey_hex
-from tests.conftest import MOTO_KEY, free_port, s3_settings, start_relay
+from tests.conftest import free_port, moto_bucket, start_relay
 from tests.helpers import RelayUnderTest, connect, http_get, make_event, new_key, sql
 
 REPO = "myrepo"
@@ -61,26 +60,6 @@ def announcement(
 
 def deletion(key: coincurve.PrivateKey, tags: list[list[str]]) -> Event:
     return make_event(key, kind=kinds.DELETION, content="", tags=tags)
-
-
-@asynccontextmanager
-async def moto_bucket(moto_endpoint: str) -> AsyncIterator[tuple[dict[str, Any], S3Store]]:
-    """Relay overrides for a fresh moto bucket (created here), and a store on that bucket."""
-    overrides = s3_settings(moto_endpoint)
-    store = S3Store(
-        S3Config(
-            endpoint=moto_endpoint,
-            bucket=overrides["s3_bucket"],
-            access_key=MOTO_KEY,
-            secret_key=MOTO_KEY,
-            timeout_seconds=10,
-        )
-    )
-    try:
-        await store.create_bucket()
-        yield overrides, store
-    finally:
-        await store.aclose()
 
 
 @dataclass

@@ -29,10 +29,9 @@ from relay.git import model
 from relay.git.fsstore import FilesystemStore
 from relay.git.nip98 import make_token
 from relay.git.objectstore import GitObjects
-from relay.git.s3store import S3Config, S3Store
 from relay.keys import pubkey_hex
 from relay.protocol.bech32 import hex_to_npub
-from tests.conftest import MOTO_KEY, s3_settings, start_relay
+from tests.conftest import moto_bucket, start_relay
 from tests.git.gitclient import Git, announce
 from tests.helpers import NostrClient, RelayUnderTest, connect, http_get, new_key, sql
 
@@ -85,22 +84,9 @@ async def hosted_relay(
     """A relay on the filesystem store (its data dir) or on a fresh moto bucket."""
     if backend == "s3":
         assert moto_endpoint is not None
-        s3 = s3_settings(moto_endpoint)
-        store = S3Store(
-            S3Config(
-                endpoint=moto_endpoint,
-                bucket=s3["s3_bucket"],
-                access_key=MOTO_KEY,
-                secret_key=MOTO_KEY,
-                timeout_seconds=10,
-            )
-        )
-        try:
-            await store.create_bucket()
+        async with moto_bucket(moto_endpoint) as (s3, store):
             relay = await start_relay(nursery, db_url, data_dir, **s3, **overrides)
             yield await _hosted(relay, GitObjects(store))
-        finally:
-            await store.aclose()
     else:
         relay = await start_relay(nursery, db_url, data_dir, **overrides)
         yield await _hosted(relay, GitObjects(FilesystemStore(data_dir / "objects")))

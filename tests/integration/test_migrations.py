@@ -39,7 +39,9 @@ async def test_edited_applied_migration_stops_startup(
             await migrate(db, edited + files[1:])
 
 
-async def test_unknown_applied_migration_is_refused(empty_database_url: str, tmp_path: Path) -> None:
+async def test_unknown_applied_migration_is_refused(
+    empty_database_url: str, tmp_path: Path
+) -> None:
     settings = relay_settings(empty_database_url, tmp_path)
     files = load_migrations()
     extra = Migration(9999, "9999_future.sql", "CREATE TABLE communities_future (x int)")
