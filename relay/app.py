@@ -21,6 +21,7 @@ from relay.events import kinds
 from relay.events.ingest import Ingest
 from relay.git.announce import Announcements
 from relay.git.objectstore import GitObjects, ObjectStore, StoreError
+from relay.git.packcache import PackCache
 from relay.git.probe import ProbeFailed
 from relay.git.refstate import check_ref_state
 from relay.git.registry import RepoRegistry
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 # Any key will do: readiness only asks that the object store answers.
 READINESS_KEY = "probe/readiness"
+PACK_CACHE_DIR = "relay-pack-cache"
 
 
 @dataclass
@@ -179,6 +181,8 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
             )
             fanout.remote = relay.bridge
         metrics.bind(relay)
+        scratch = Path(settings.git_scratch_dir or tempfile.gettempdir())
+        cache_bytes = settings.git_pack_cache_bytes
         relay.git = GitService(
             relay,
             GitLimits(
@@ -186,10 +190,11 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
                 max_repo_bytes=settings.git_max_repo_bytes,
                 timeout_seconds=settings.git_timeout_seconds,
             ),
-            Path(settings.git_scratch_dir or tempfile.gettempdir()),
+            scratch,
             public_read=settings.git_public_read,
             processes=trio.CapacityLimiter(settings.git_max_processes),
             auth_window=settings.git_auth_window_seconds,
+            cache=PackCache(scratch / PACK_CACHE_DIR, cache_bytes) if cache_bytes else None,
         )
         try:
             yield relay

@@ -247,6 +247,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RELAY_GIT_SCRATCH_DIR", "git_scratch_dir", "",
             "where requests hydrate temporary repositories; empty uses the system temp dir",
             _text),
+    Setting("RELAY_GIT_PACK_CACHE_BYTES", "git_pack_cache_bytes", "1073741824",
+            "packs kept on the pod's disk (under the scratch dir) for the next request; 0 = off",
+            _int_in(0, 1 << 44)),
     Setting("RELAY_GIT_AUTH_WINDOW_SECONDS", "git_auth_window_seconds", "60",
             "how old a NIP-98 token may be", _int_in(1, 3600)),
     Setting("RELAY_INGEST_TIMEOUT_SECONDS", "ingest_timeout_seconds", "30",
@@ -316,6 +319,7 @@ class Settings:
     git_timeout_seconds: float
     git_scratch_dir: str
     git_auth_window_seconds: int
+    git_pack_cache_bytes: int
     ingest_timeout_seconds: float
     compensation_timeout_seconds: float
     max_outbound_bytes: int

@@ -186,6 +186,8 @@ def relay_settings(db_url: str, data_dir: Path, **overrides: Any) -> Settings:
         "git_probe_rounds": 1,
         # Tests open many connections from one address; the rate limit tests turn them on.
         "rate_limits": False,
+        # The pack cache would outlive a test's object store; its own tests turn it on.
+        "git_pack_cache_bytes": 0,
     }
     values.update(overrides)
     return load_settings({}, **values)

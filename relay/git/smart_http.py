@@ -31,6 +31,7 @@ from relay.events.model import Event, parse_event
 from relay.git import model, nip98, pktline, policy
 from relay.git.hook import SOCKET_ENV
 from relay.git.objectstore import StoreError
+from relay.git.packcache import PackCache
 from relay.git.push import Conflict, Published, publish
 from relay.git.refstate import build_ref_state
 from relay.git.workspace import (
@@ -123,6 +124,7 @@ class GitService:
     public_read: bool
     processes: trio.CapacityLimiter
     auth_window: int
+    cache: PackCache | None = None
 
     # -- entry ------------------------------------------------------------------------------
 
@@ -240,7 +242,7 @@ class GitService:
             if reading.cancelled_caught:
                 raise HttpError(408, "the request body did not arrive in time")
             async with self._slot():
-                ws = await hydrate_into(repo, self.relay.objects, key, self.limits)
+                ws = await hydrate_into(repo, self.relay.objects, key, self.limits, self.cache)
                 if route.action == "info/refs":
                     await self._advertise(stream, ws, service)
                 elif service == "git-upload-pack":

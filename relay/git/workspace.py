@@ -24,6 +24,7 @@ import trio
 
 from relay.git import model
 from relay.git.objectstore import GitObjects
+from relay.git.packcache import PackCache
 
 log = logging.getLogger(__name__)
 
@@ -152,22 +153,33 @@ async def scratch_dir(root: Path) -> AsyncIterator[Path]:
         await _remove(path)
 
 
-async def _install_pack(objects: GitObjects, repo: Path, pack_key: str, limits: GitLimits) -> int:
+async def _install_pack(
+    objects: GitObjects, repo: Path, pack_key: str, limits: GitLimits, cache: PackCache | None
+) -> int:
     digest = model.digest_of_key(pack_key)
+    pack_path = repo / "objects" / "pack" / f"pack-{digest}.pack"
+    if cache is not None:
+        cached = await cache.link_into(digest, pack_path)
+        if cached is not None:
+            return cached
     data = await objects.get_verified(pack_key, limits.max_pack_bytes)
-    pack_dir = repo / "objects" / "pack"
-    pack_path = pack_dir / f"pack-{digest}.pack"
     await trio.to_thread.run_sync(pack_path.write_bytes, data)
     idx = await objects.get_idx(digest, limits.max_pack_bytes)
     if idx is not None and _idx_matches(data, idx):
         await trio.to_thread.run_sync(pack_path.with_suffix(".idx").write_bytes, idx)
     else:
         await run_git(["index-pack", str(pack_path)], home=repo, timeout=limits.timeout_seconds)
+    if cache is not None:
+        await cache.add(digest, pack_path)
     return len(data)
 
 
 async def hydrate_into(
-    repo: Path, objects: GitObjects, pointer_key: str, limits: GitLimits
+    repo: Path,
+    objects: GitObjects,
+    pointer_key: str,
+    limits: GitLimits,
+    cache: PackCache | None = None,
 ) -> Workspace:
     """Materialize the repo named by the pointer into the empty directory `repo`."""
     pointer = await objects.read_pointer(pointer_key)
@@ -178,7 +190,7 @@ async def hydrate_into(
     await run_git(["init", "--bare", "-q", str(repo)], home=repo, timeout=limits.timeout_seconds)
     total = 0
     for pack_key in sorted(set(manifest.packs)):
-        total += await _install_pack(objects, repo, pack_key, limits)
+        total += await _install_pack(objects, repo, pack_key, limits, cache)
         if total > limits.max_repo_bytes:
             raise ResourceLimit(f"the repository is larger than {limits.max_repo_bytes} bytes")
     # Only now that every object is in place do refs appear.
