@@ -303,6 +303,43 @@ async def _save_together(
         return [refused.result]
 
 
+def single_tag_sql(cid: int, flt: Filter) -> tuple[str, list[Any]] | None:
+    """A tag filter with one value and nothing else but since/until: the newest `limit`
+    entries are read off the tag index in order, and only those events are fetched."""
+    if flt.ids or flt.authors or flt.kinds or len(flt.tags) != 1 or flt.limit is None:
+        return None
+    (name, values), = flt.tags
+    if len(values) != 1:
+        return None
+    args = _Args([cid, name, next(iter(values))])
+    where = ["t.community_id = $1", "t.name = $2", "t.value = $3"]
+    if flt.since is not None:
+        where.append(f"t.created_at >= {args.add(flt.since)}")
+    if flt.until is not None:
+        where.append(f"t.created_at <= {args.add(flt.until)}")
+    limit = args.add(flt.limit)
+    sql = (
+        "WITH picked AS (SELECT t.event_id, t.created_at FROM event_tags t"
+        f" WHERE {' AND '.join(where)} ORDER BY t.created_at DESC, t.event_id ASC"
+        f" LIMIT {limit}) SELECT e.raw, e.created_at, e.id, e.expires_at FROM picked p"
+        " JOIN events e ON e.community_id = $1 AND e.id = p.event_id"
+    )
+    return sql, args.values
+
+
+async def _select(conn: Connection, cid: int, flt: Filter, now: int) -> list[Any]:
+    fast = single_tag_sql(cid, flt)
+    if fast is not None:
+        rows = await conn.fetch(fast[0], *fast[1])
+        live = [r for r in rows if r["expires_at"] is None or r["expires_at"] > now]
+        # Expired events that the purge has not removed yet took places in the limit:
+        # only then is the general query needed.
+        if len(live) == len(rows) or len(rows) < (flt.limit or 0):
+            return live
+    sql, args = select_sql(cid, flt, now)
+    return list(await conn.fetch(sql, *args))
+
+
 async def _query(
     conn: Connection, cid: int, filters: tuple[Filter, ...], now: int
 ) -> list[tuple[str, str]]:
@@ -310,8 +347,7 @@ async def _query(
     for flt in filters:
         if flt.limit == 0 or not flt.can_match_anything():
             continue
-        sql, args = select_sql(cid, flt, now)
-        for row in await conn.fetch(sql, *args):
+        for row in await _select(conn, cid, flt, now):
             seen[row["id"]] = (row["created_at"], row["id"], row["raw"])
     ordered = sorted(seen.values(), key=lambda r: (-r[0], r[1]))
     return [(event_id.hex(), raw) for _, event_id, raw in ordered]
