@@ -145,7 +145,9 @@ def relay_command() -> list[str]:
 
 
 @contextlib.contextmanager
-def our_relay(database_url: str, work: Path) -> Iterator[str]:
+def our_relay(
+    database_url: str, work: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[str]:
     port = free_port()
     env = {
         **os.environ,
@@ -156,6 +158,7 @@ def our_relay(database_url: str, work: Path) -> Iterator[str]:
         "RELAY_LOG_LEVEL": "warning",
         "RELAY_RATE_LIMITS": "off",
         "RELAY_GIT_PROBE": "off",
+        **(extra_env or {}),
     }
     log_path = work / "relay.log"
     with open(log_path, "wb") as log_file:
