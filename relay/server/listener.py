@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 import orjson
 import trio
 import trio_websocket
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import CloseConnection
 
 from relay.git.smart_http import is_git_path
 from relay.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -112,16 +115,34 @@ async def route(relay: Relay, stream: trio.SocketStream, request: Request) -> No
         )
 
 
+class RelayWebSocket(trio_websocket.WebSocketConnection):
+    """trio-websocket's server connection, sending the close frame of a protocol error.
+
+    When wsproto finds a protocol error in what the client sent (a text frame that is not
+    UTF-8: 1007), trio-websocket 0.12 drops the TCP connection without a close frame;
+    RFC 6455 (7.1.7) wants the endpoint to send one first, so the client learns why.
+    This is `wrap_server_stream` with that one handler extended.
+    """
+
+    async def _handle_close_connection_event(self, event: CloseConnection) -> None:
+        if self._wsproto.state == ConnectionState.OPEN:
+            with contextlib.suppress(Exception):
+                await self._send(CloseConnection(code=event.code, reason=event.reason))
+        await super()._handle_close_connection_event(event)
+
+
 async def serve_websocket(
     relay: Relay, stream: trio.SocketStream, request: Request, community_id: int, host: str
 ) -> None:
     async with trio.open_nursery() as nursery:
-        ws_request = await trio_websocket.wrap_server_stream(
-            nursery,
+        connection = RelayWebSocket(
             ReplayStream(stream, request.raw),
+            WSConnection(ConnectionType.SERVER),
             message_queue_size=WS_QUEUE_MESSAGES,
             max_message_size=relay.limits.max_message_bytes,
         )
+        nursery.start_soon(connection._reader_task)
+        ws_request = await connection._get_request()
         ws = await ws_request.accept()
         try:
             await ClientConnection(relay, ws, community_id, host, peer_ip(stream)).run()

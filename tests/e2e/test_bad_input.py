@@ -560,11 +560,6 @@ async def raw_websocket(port: int) -> AsyncIterator[RawWebsocket]:
         yield raw
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the relay closes the TCP connection without a close frame (client sees 1006): "
-    "trio-websocket drops wsproto's CloseConnection(1007) for a ParseFailed frame",
-)
 async def test_invalid_utf8_in_text_frame_fails_the_connection_with_1007(
     relay: RelayUnderTest,
 ) -> None:
