@@ -82,6 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     import_.add_argument("--community", metavar="HOST", help="default: the first of RELAY_HOSTS")
+    community = commands.add_parser(
+        "community",
+        help="list the communities, or add one (served at once, by every pod)",
+        description=(
+            "A community is a host name with its own events and repositories. Those in\n"
+            "RELAY_HOSTS are created at start-up; `relay community add HOST` adds another\n"
+            "without a restart (pods find it on its first request)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    community.add_argument("action", choices=("list", "add"))
+    community.add_argument("host", nargs="?", help="the host name to add")
     return parser
 
 
@@ -121,6 +133,22 @@ async def _probe(settings: Settings) -> None:
         raise ProbeFailed("the object store failed the conformance probe")
 
 
+async def _community(settings: Settings, action: str, host: str | None) -> None:
+    from relay.app import open_database
+    from relay.protocol.hosts import normalize_host
+    from relay.store.communities import Communities
+
+    name = normalize_host(host or "") if action == "add" else None
+    if action == "add" and name is None:
+        raise ConfigError(f"{host!r} is not a host name")
+    async with open_database(settings) as db:
+        await migrate(db)
+        communities = Communities(db)
+        await communities.ensure([name] if name else [])
+        for known_host in await communities.hosts():
+            print(known_host)
+
+
 async def _migrate(settings: Settings) -> None:
     from relay.app import open_database
 
@@ -143,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     configure_logging(settings.log_level, settings.log_format)
     runner = {"serve": _serve, "migrate": _migrate, "probe": _probe}.get(args.command)
-    if runner is None:
+    if args.command == "community":
+        runner = partial(_community, action=args.action, host=args.host)
+    elif runner is None:
         from relay.store import transfer
 
         command = {"export": transfer.export_command, "import": transfer.import_command}

@@ -33,7 +33,11 @@ class Communities:
         self._unknown_until: dict[str, float] = {}
 
     async def ensure(self, hosts: list[str]) -> None:
+        """Create the communities of these hosts if missing, and learn every one."""
         self._known = await self._db.run(_ensure, hosts)
+
+    async def hosts(self) -> list[str]:
+        return sorted(self._known)
 
     async def resolve(self, host: str) -> int | None:
         found = self._known.get(host)

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from relay.config import SETTINGS
-from tests.helpers import connect, http_get, make_event
+from tests.helpers import RelayUnderTest, connect, http_get, make_event
 
 RELAY = [sys.executable, "-m", "relay.cli"]
 
@@ -118,3 +118,33 @@ async def test_serve_with_embedded_defaults_survives_a_restart(tmp_path: Path) -
         assert any("listening" in r["message"] for r in records)
     assert pubkeys[0] == pubkeys[1]
     assert (tmp_path / "d" / "relay.key").stat().st_mode & 0o077 == 0
+
+
+def test_community_add_is_served_without_a_restart(db_url: str, tmp_path: Path) -> None:
+    env = {"RELAY_DATABASE_URL": db_url, "RELAY_DATA_DIR": str(tmp_path)}
+    added = run_relay(["community", "add", "New.Example.COM."], env)
+    assert added.returncode == 0, added.stderr
+    assert "new.example.com" in added.stdout.split()
+    listed = run_relay(["community", "list"], env)
+    assert "new.example.com" in listed.stdout.split()
+    bad = run_relay(["community", "add", "not a host"], env)
+    assert bad.returncode == 2 and "not a host name" in bad.stderr
+
+
+async def test_a_community_added_later_is_found_by_a_running_relay(
+    relay: RelayUnderTest, tmp_path: Path
+) -> None:
+    status, _, _ = await http_get(relay.port, "/", "late.test", Accept="application/nostr+json")
+    assert status == 404
+    env = {"RELAY_DATABASE_URL": relay.db_url, "RELAY_DATA_DIR": str(tmp_path)}
+    result = await trio.to_thread.run_sync(run_relay, ["community", "add", "late.test"], env)
+    assert result.returncode == 0, result.stderr
+    # An unknown host is asked of the database again after a short while.
+    with trio.fail_after(30):
+        while (await http_get(relay.port, "/", "late.test", Accept="application/nostr+json"))[
+            0
+        ] != 200:
+            await trio.sleep(0.5)
+    async with connect(relay.port, "late.test") as client:
+        event = make_event()
+        assert (await client.publish(event))[2] is True
