@@ -39,11 +39,9 @@ some phase was incomplete (the table is still printed), 2 on a setup error.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import datetime
 import os
-import secrets
 import signal
 import socket
 import statistics
@@ -56,16 +54,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 import trio
 import trio_websocket
 
 from bench import nostr_load as nl
 from bench import peer
+from bench.common import bounded, free_port, fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
-ADMIN_URL = os.environ.get("RELAY_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 RELAY_START_TIMEOUT = 60.0
 RELAY_STOP_TIMEOUT = 30.0  # RELAY_SHUTDOWN_GRACE defaults to 20 s
 INGEST_TIMEOUT = 300.0
@@ -94,40 +91,6 @@ def log(message: str) -> None:
 # --------------------------------------------------------------------------
 # Our relay: a fresh database and a subprocess
 # --------------------------------------------------------------------------
-
-
-def _admin(sql: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(ADMIN_URL, timeout=10)
-        try:
-            await conn.execute(sql, timeout=60)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
-@contextlib.contextmanager
-def fresh_database() -> Iterator[str]:
-    name = f"relay_bench_cmp_{secrets.token_hex(6)}"
-    try:
-        _admin(f"CREATE DATABASE {name}")
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise CompareError(f"cannot create a database on {ADMIN_URL}: {exc}") from exc
-    try:
-        base, _, _ = ADMIN_URL.rpartition("/")
-        yield f"{base}/{name}"
-    finally:
-        try:
-            _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        except (OSError, asyncpg.PostgresError) as exc:
-            log(f"warning: could not drop database {name}: {exc}")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -472,49 +435,39 @@ def build_table(plan: Plan, raw: dict[str, dict[str, Any]]) -> tuple[str, list[d
 # --------------------------------------------------------------------------
 
 
-def _bounded(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {value}")
-        return value
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.compare",
         description="Our relay and the nostr-relay (PyPI) peer under the same NIP-01 load.",
     )
-    parser.add_argument("--runs", type=_bounded(1, 20), default=3, help="runs (default 3)")
+    parser.add_argument("--runs", type=bounded(1, 20), default=3, help="runs (default 3)")
     parser.add_argument(
         "--events",
-        type=_bounded(1, 200_000),
+        type=bounded(1, 200_000),
         default=10_000,
         help="events per ingest run (default 10000)",
     )
     parser.add_argument(
         "--seed",
-        type=_bounded(TAG_VALUES, 1_000_000),
+        type=bounded(TAG_VALUES, 1_000_000),
         default=100_000,
         help="events seeded into our relay for the queries (default 100000)",
     )
     parser.add_argument(
         "--peer-seed",
-        type=_bounded(TAG_VALUES, 1_000_000),
+        type=bounded(TAG_VALUES, 1_000_000),
         default=None,
         help="events seeded into the peer (default: --seed; the peer does ~550/s)",
     )
     parser.add_argument(
         "--queries",
-        type=_bounded(1, 10_000),
+        type=bounded(1, 10_000),
         default=200,
         help="sequential REQs per query run and workload (default 200)",
     )
     parser.add_argument(
         "--window",
-        type=_bounded(1, 1000),
+        type=bounded(1, 1000),
         default=nl.DEFAULT_WINDOW,
         help=f"events in flight per connection (default {nl.DEFAULT_WINDOW})",
     )
@@ -558,7 +511,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     log(f"load average before: {load_before}; commit {commit}, {len(dirty)} changed path(s)")
     with contextlib.ExitStack() as stack:
-        db_url = stack.enter_context(fresh_database())
+        db_url = stack.enter_context(fresh_database("relay_bench_cmp", CompareError))
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-compare-")))
         urls = {OURS: stack.enter_context(our_relay(db_url, work))}
         urls[PEER] = stack.enter_context(peer_relay())

@@ -24,7 +24,8 @@ import trio
 from coincurve import PrivateKey
 
 from bench import nostr_load as nl
-from bench.compare import fresh_database, our_relay
+from bench.common import fresh_database
+from bench.compare import our_relay
 
 RECEIVE_TIMEOUT = 10.0
 
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         "RELAY_REDIS_PREFIX": f"bench-{secrets.token_hex(4)}",
         "RELAY_SECRET_KEY": PrivateKey().secret.hex(),
     }
-    with tempfile.TemporaryDirectory() as tmp, fresh_database() as database_url:
+    with tempfile.TemporaryDirectory() as tmp, fresh_database("relay_bench_pods") as database_url:
         work_a, work_b = Path(tmp) / "a", Path(tmp) / "b"
         work_a.mkdir()
         work_b.mkdir()

@@ -41,13 +41,11 @@ removed in `finally` blocks.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import http.server
 import io
 import os
 import random
-import secrets
 import shutil
 import signal
 import socket
@@ -63,12 +61,12 @@ from pathlib import Path
 from typing import IO, Any, cast
 from urllib.parse import unquote
 
-import asyncpg
 import orjson
 import trio
 import trio_websocket
 from coincurve import PrivateKey
 
+from bench.common import bounded, free_port, fresh_database, positive_float
 from relay.events import kinds
 from relay.events.model import sign_event
 from relay.git.nip98 import make_token
@@ -86,7 +84,6 @@ WORDS_PER_LINE = 9
 EDITS_PER_COMMIT = 3
 SEED = 20240611
 BASE_TIME = 1_700_000_000
-ADMIN_URL = os.environ.get("RELAY_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 RELAY_START_TIMEOUT = 60.0
 RELAY_STOP_TIMEOUT = 30.0
 ANNOUNCE_TIMEOUT = 30.0
@@ -104,12 +101,6 @@ TARGETS = ("relay", "http_backend")
 
 class BenchError(Exception):
     """A problem reported to the user as an error (exit status 2)."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --------------------------------------------------------------------------
@@ -279,31 +270,6 @@ def generate_repo(git: GitClient, path: Path, commits: int, files: int) -> Sourc
 # --------------------------------------------------------------------------
 # PostgreSQL and the relay subprocess
 # --------------------------------------------------------------------------
-
-
-def _admin(sql: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(ADMIN_URL, timeout=10)
-        try:
-            await conn.execute(sql, timeout=60)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
-@contextlib.contextmanager
-def fresh_database() -> Iterator[str]:
-    name = f"relay_bench_git_{secrets.token_hex(6)}"
-    try:
-        _admin(f"CREATE DATABASE {name}")
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise BenchError(f"cannot create a database on {ADMIN_URL}: {exc}") from exc
-    try:
-        base, _, _ = ADMIN_URL.rpartition("/")
-        yield f"{base}/{name}"
-    finally:
-        _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @dataclass
@@ -717,23 +683,6 @@ def report_lines(report: dict[str, Any]) -> list[str]:
 # --------------------------------------------------------------------------
 
 
-def _bounded(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
-        return value
-
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.git_clone_push",
@@ -741,19 +690,19 @@ def build_parser() -> argparse.ArgumentParser:
         "git http-backend (loopback only).",
     )
     parser.add_argument(
-        "--commits", type=_bounded(2, MAX_COMMITS), default=DEFAULT_COMMITS,
+        "--commits", type=bounded(2, MAX_COMMITS), default=DEFAULT_COMMITS,
         help=f"commits in the generated repository (default {DEFAULT_COMMITS})",
     )  # fmt: skip
     parser.add_argument(
-        "--files", type=_bounded(EDITS_PER_COMMIT, MAX_FILES), default=DEFAULT_FILES,
+        "--files", type=bounded(EDITS_PER_COMMIT, MAX_FILES), default=DEFAULT_FILES,
         help=f"files in the generated repository (default {DEFAULT_FILES})",
     )  # fmt: skip
     parser.add_argument(
-        "--runs", type=_bounded(1, MAX_RUNS), default=DEFAULT_RUNS,
+        "--runs", type=bounded(1, MAX_RUNS), default=DEFAULT_RUNS,
         help=f"measured runs; medians are reported (default {DEFAULT_RUNS})",
     )  # fmt: skip
     parser.add_argument(
-        "--timeout", type=_positive_float, default=DEFAULT_TIMEOUT,
+        "--timeout", type=positive_float, default=DEFAULT_TIMEOUT,
         help=f"time limit of each git command in seconds (default {DEFAULT_TIMEOUT:.0f})",
     )  # fmt: skip
     parser.add_argument(
@@ -782,7 +731,7 @@ def run(args: argparse.Namespace) -> int:
         results = Results()
         key = PrivateKey()
         with (
-            fresh_database() as database_url,
+            fresh_database("relay_bench_git", BenchError) as database_url,
             relay_process(database_url, work) as relay,
             http_backend(backend_root, work / "http-backend.log", args.timeout) as port,
         ):

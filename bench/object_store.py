@@ -46,6 +46,7 @@ from typing import Any
 import orjson
 import trio
 
+from bench.common import bounded, free_port, positive_float
 from bench.nostr_load import latency_summary_ms
 from relay.git import model
 from relay.git.fsstore import FilesystemStore
@@ -74,12 +75,6 @@ class BenchError(Exception):
 # --------------------------------------------------------------------------
 # Backends
 # --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -315,23 +310,6 @@ def report_line(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------
 
 
-def _bounded(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {value}")
-        return value
-
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.object_store",
@@ -339,29 +317,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--backend", choices=("moto", "filesystem"), required=True)
     parser.add_argument(
-        "--objects", type=_bounded(1, MAX_OBJECTS), default=500, help="objects (default 500)"
+        "--objects", type=bounded(1, MAX_OBJECTS), default=500, help="objects (default 500)"
     )
     parser.add_argument(
         "--size",
-        type=_bounded(1, MAX_SIZE),
+        type=bounded(1, MAX_SIZE),
         default=64 * 1024,
         help="bytes per object (default 65536)",
     )
     parser.add_argument(
         "--writers",
-        type=_bounded(1, MAX_WRITERS),
+        type=bounded(1, MAX_WRITERS),
         default=16,
         help="concurrent writers, and readers (default 16)",
     )
     parser.add_argument(
         "--cas-rounds",
-        type=_bounded(1, MAX_CAS_ROUNDS),
+        type=bounded(1, MAX_CAS_ROUNDS),
         default=200,
         help="sequential If-Match pointer writes (default 200)",
     )
     parser.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_TIMEOUT,
         help=f"time limit of the measured phases in seconds (default {DEFAULT_TIMEOUT:.0f})",
     )
