@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -149,9 +154,9 @@ async def sql(db_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
     return await trio.to_thread.run_sync(asyncio.run, run())
 
 
-async def http_get(port: int, path: str, host: str = "127.0.0.1", **headers: str) -> tuple[
-    int, dict[str, str], bytes
-]:
+async def http_get(
+    port: int, path: str, host: str = "127.0.0.1", **headers: str
+) -> tuple[int, dict[str, str], bytes]:
     """A raw HTTP/1.1 GET over loopback; returns status, headers and body."""
     lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Connection: close"]
     lines += [f"{k.replace('_', '-')}: {v}" for k, v in headers.items()]
@@ -169,3 +174,47 @@ async def http_get(port: int, path: str, host: str = "127.0.0.1", **headers: str
         name, _, value = line.partition(":")
         parsed[name.strip().lower()] = value.strip()
     return int(status_line.split()[1]), parsed, body
+
+
+RELAY_READY_TIMEOUT = 60.0
+
+
+def clean_environ() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+
+
+@asynccontextmanager
+async def relay_process(
+    env: dict[str, str], port: int, log_path: Path
+) -> AsyncIterator[trio.Process]:
+    """`python -m relay.cli serve` as its own OS process; yielded once /readyz answers 200.
+    Stopped with SIGTERM (then SIGKILL) on the way out unless the test already stopped it."""
+    with open(log_path, "wb") as log:
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "relay.cli", "serve"],
+            env={**clean_environ(), **env, "RELAY_PORT": str(port)},
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        try:
+            with trio.fail_after(RELAY_READY_TIMEOUT):
+                while True:
+                    if proc.returncode is not None:
+                        raise AssertionError(f"relay exited early:\n{log_path.read_text()}")
+                    try:
+                        if (await http_get(port, "/readyz"))[0] == 200:
+                            break
+                    except OSError:
+                        pass
+                    await trio.sleep(0.1)
+            yield proc
+        finally:
+            with trio.CancelScope(shield=True):
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+                    with trio.move_on_after(30):
+                        await proc.wait()
+                if proc.returncode is None:
+                    proc.kill()
+                    with trio.move_on_after(10):
+                        await proc.wait()

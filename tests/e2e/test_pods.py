@@ -18,8 +18,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,20 @@ from relay.keys import pubkey_hex
 from relay.server.ratelimit import WINDOW_SECONDS
 from tests.conftest import free_port, moto_bucket, start_relay
 from tests.git.gitclient import Git, announce
-from tests.helpers import NostrClient, connect, http_get, make_event, new_key, sql
+from tests.helpers import (
+    NostrClient,
+    clean_environ,
+    connect,
+    http_get,
+    make_event,
+    new_key,
+    relay_process,
+    sql,
+)
 from tests.redis_server import RedisServer
 
 HOST = "127.0.0.1"
-READY_TIMEOUT = 60.0
+
 BRIDGE_TIMEOUT = 30.0
 BIG_BYTES = 16 * 1024 * 1024  # incompressible: the push takes a moment
 
@@ -103,47 +112,6 @@ def pod_env(
         env["RELAY_REDIS_PREFIX"] = prefix
     env.update(extra)
     return env
-
-
-def _clean_environ() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-
-
-@asynccontextmanager
-async def relay_process(
-    env: dict[str, str], port: int, log_path: Path
-) -> AsyncIterator[trio.Process]:
-    """`python -m relay.cli serve` as its own OS process; yielded once /readyz answers 200.
-    Stopped with SIGTERM (then SIGKILL) on the way out unless the test already stopped it."""
-    with open(log_path, "wb") as log:
-        proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "relay.cli", "serve"],
-            env={**_clean_environ(), **env, "RELAY_PORT": str(port)},
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-        try:
-            with trio.fail_after(READY_TIMEOUT):
-                while True:
-                    if proc.returncode is not None:
-                        raise AssertionError(f"relay exited early:\n{log_path.read_text()}")
-                    try:
-                        if (await http_get(port, "/readyz"))[0] == 200:
-                            break
-                    except OSError:
-                        pass
-                    await trio.sleep(0.1)
-            yield proc
-        finally:
-            with trio.CancelScope(shield=True):
-                if proc.returncode is None:
-                    proc.send_signal(signal.SIGTERM)
-                    with trio.move_on_after(30):
-                        await proc.wait()
-                if proc.returncode is None:
-                    proc.kill()
-                    with trio.move_on_after(10):
-                        await proc.wait()
 
 
 async def readiness(port: int) -> tuple[int, dict[str, Any]]:
@@ -689,7 +657,7 @@ def test_redis_without_a_secret_key_is_a_configuration_error(tmp_path: Path) -> 
     result = subprocess.run(
         [sys.executable, "-m", "relay.cli", "serve"],
         env={
-            **_clean_environ(),
+            **clean_environ(),
             "RELAY_DATA_DIR": str(tmp_path / "d"),
             "RELAY_REDIS_URL": "redis://127.0.0.1:1/0",
         },

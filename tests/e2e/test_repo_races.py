@@ -7,10 +7,6 @@ the events stored. Every wait is bounded; every socket is on loopback.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -30,7 +26,15 @@ from relay.git.fsstore import FilesystemStore
 from relay.git.objectstore import GitObjects, Won
 from relay.keys import pubkey_hex
 from tests.conftest import free_port, moto_bucket, start_relay
-from tests.helpers import RelayUnderTest, connect, http_get, make_event, new_key, sql
+from tests.helpers import (
+    RelayUnderTest,
+    connect,
+    http_get,
+    make_event,
+    new_key,
+    relay_process,
+    sql,
+)
 
 REPO = "myrepo"
 RACERS = 20
@@ -262,41 +266,6 @@ async def test_name_race_across_two_relay_instances(
         assert a.port != b.port
         assert await self_pubkey(a.port) == await self_pubkey(b.port) == relay_pubkey
         await race_one_name([a.port, b.port], db_url, GitObjects(store), relay_pubkey)
-
-
-@asynccontextmanager
-async def relay_process(env: dict[str, str], port: int, log_path: Path) -> AsyncIterator[None]:
-    """`python -m relay.cli serve` as a separate OS process, ready when /readyz says so."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    with open(log_path, "wb") as log:
-        proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "relay.cli", "serve"],
-            env={**clean, **env, "RELAY_PORT": str(port)},
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-        try:
-            with trio.fail_after(60):
-                while True:
-                    if proc.returncode is not None:
-                        raise AssertionError(f"relay exited early:\n{log_path.read_text()}")
-                    try:
-                        if (await http_get(port, "/readyz"))[0] == 200:
-                            break
-                    except OSError:
-                        pass
-                    await trio.sleep(0.2)
-            yield
-        finally:
-            with trio.CancelScope(shield=True):
-                if proc.returncode is None:
-                    proc.send_signal(signal.SIGTERM)
-                    with trio.move_on_after(30):
-                        await proc.wait()
-                if proc.returncode is None:
-                    proc.kill()
-                    with trio.move_on_after(10):
-                        await proc.wait()
 
 
 async def test_name_race_across_a_relay_and_a_relay_subprocess(
