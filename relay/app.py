@@ -6,11 +6,13 @@ import logging
 import os
 import tempfile
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import trio
 import trio_asyncio
@@ -67,6 +69,8 @@ class Relay:
     git: GitService | None = None
     # Set on SIGTERM: stop accepting, close websockets with 1001, let work in flight finish.
     shutdown: trio.Event = field(default_factory=trio.Event)
+    # Open websocket connections (ClientConnection), told to stop reading on shutdown.
+    connections: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
 
     @property
     def pubkey(self) -> str:
@@ -285,6 +289,8 @@ async def serve(
                 await relay.shutdown.wait()
                 log.info("shutting down: no new connections; %.0f s grace", settings.shutdown_grace)
                 accepting.cancel_scope.cancel()
+                for connection in list(relay.connections):
+                    connection.stop_reading()
             connections.cancel_scope.deadline = trio.current_time() + settings.shutdown_grace
         log.info("shutdown complete")
         background.cancel_scope.cancel()

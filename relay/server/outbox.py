@@ -7,6 +7,7 @@ live events never wait: when they do not fit, the connection is marked as a slow
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import trio
 
@@ -18,7 +19,8 @@ class Outbox:
         self._bytes = 0
         self._changed = trio.Event()
         self.overflowed = False
-        self.overflow = trio.Event()
+        # Called once when the client turns out too slow (ends its connection).
+        self.on_overflow: Callable[[], None] | None = None
 
     @property
     def pending_bytes(self) -> int:
@@ -35,8 +37,9 @@ class Outbox:
 
     def give_up(self) -> None:
         """Mark the client as a slow consumer: it will be told and disconnected."""
+        if not self.overflowed and self.on_overflow is not None:
+            self.on_overflow()
         self.overflowed = True
-        self.overflow.set()
         self._wake()
 
     def offer(self, message: str) -> bool:

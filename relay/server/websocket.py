@@ -116,14 +116,17 @@ class ClientConnection:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._write, nursery.cancel_scope)
-                nursery.start_soon(self._watch_slow_consumer, nursery.cancel_scope)
-                nursery.start_soon(self._watch_shutdown)
+                # No watcher tasks (each costs memory on every connection): an overflow
+                # cancels the connection, and shutdown stops its reading, by callback.
+                self.outbox.on_overflow = nursery.cancel_scope.cancel
+                self.relay.connections.add(self)
                 await self.outbox.put(msg.auth_challenge(self.session.challenge))
                 await self._read()
                 await self._events_settled()
                 await self._flush()
                 nursery.cancel_scope.cancel()
         finally:
+            self.relay.connections.discard(self)
             fanout.unregister(self.community_id, self.sink)
         if self.outbox.overflowed:
             self.relay.metrics.slow_consumers += 1
@@ -141,8 +144,8 @@ class ClientConnection:
         except ConnectionClosed:
             scope.cancel()
 
-    async def _watch_shutdown(self) -> None:
-        await self.relay.shutdown.wait()
+    def stop_reading(self) -> None:
+        """Shutdown: take no new frames; the ones in progress still get their answers."""
         self._waiting_for_frame.cancel()
 
     async def _flush(self) -> None:
@@ -150,10 +153,6 @@ class ClientConnection:
         with trio.move_on_after(GOODBYE_SECONDS):
             while self.outbox.pending_bytes and not self.outbox.overflowed:
                 await trio.sleep(0.01)
-
-    async def _watch_slow_consumer(self, scope: trio.CancelScope) -> None:
-        await self.outbox.overflow.wait()
-        scope.cancel()
 
     async def _disconnect_slow_consumer(self) -> None:
         log.info("disconnecting a slow consumer on %s", self.session.host)
