@@ -122,10 +122,6 @@ class ReplayStream(trio.abc.Stream):
         self.inner = inner
         self._prefix = prefix
 
-    @property
-    def socket(self) -> trio.socket.SocketType:
-        return self.inner.socket
-
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._prefix:
             size = len(self._prefix) if max_bytes is None else max_bytes
