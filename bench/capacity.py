@@ -62,7 +62,6 @@ import os
 import platform
 import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -78,12 +77,11 @@ import trio
 import trio_websocket
 
 from bench import nostr_load as nl
-from bench.common import bounded, free_port, fresh_database
+from bench.common import bounded, free_port, fresh_database, serve_command, spawned_relay
 
 ROOT = Path(__file__).resolve().parent.parent
 FD_RESERVE = 100  # descriptors kept free for the database pool, logs, listeners, py-spy
 MAX_CONNECTIONS = 60_000  # below the loopback ephemeral port range
-RELAY_START_TIMEOUT = 60.0
 RELAY_STOP_TIMEOUT = 60.0
 RELAY_SHUTDOWN_GRACE = "5"
 CONNECT_TIMEOUT = 60.0  # one connection: TCP, handshake, AUTH, its REQs and EOSEs
@@ -174,13 +172,6 @@ def machine() -> dict[str, Any]:
 # --------------------------------------------------------------------------
 
 
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 # ``--tracemalloc``: the relay runs under tracemalloc and, on SIGUSR1, writes a snapshot
 # and the count of GC-tracked objects by type into the directory given as its argument.
 TRACEMALLOC_FRAMES = 25
@@ -212,10 +203,7 @@ def relay_command(snapshot_dir: Path | None = None) -> list[str]:
             TRACEMALLOC_BOOTSTRAP,
             str(snapshot_dir),
         ]
-    script = Path(sys.executable).with_name("relay")
-    if script.exists():
-        return [str(script), "serve"]
-    return [sys.executable, "-m", "relay.cli", "serve"]
+    return serve_command()
 
 
 @dataclass(frozen=True)
@@ -254,46 +242,11 @@ def our_relay(
         snapshot_dir = work / "snapshots" if tracemalloc else None
         if snapshot_dir is not None:
             snapshot_dir.mkdir()
-        with open(log_path, "wb") as log_file:
-            process = subprocess.Popen(
-                relay_command(snapshot_dir),
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # own process group, signalled by its id only
-            )
-        try:
-            deadline = time.monotonic() + RELAY_START_TIMEOUT
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        raise CapacityError(
-                            f"our relay did not start on 127.0.0.1:{port}:\n{_tail(log_path)}"
-                        ) from None
-                    time.sleep(0.1)
+        with spawned_relay(
+            relay_command(snapshot_dir), env, port, log_path,
+            error=CapacityError, stop_timeout=RELAY_STOP_TIMEOUT,
+        ) as process:  # fmt: skip
             yield RelayProcess(process.pid, port, f"ws://127.0.0.1:{port}/", log_path, snapshot_dir)
-        finally:
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=RELAY_STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
-            errors = [
-                line
-                for line in _tail(log_path, 200).splitlines()
-                if "ERROR" in line or "Traceback" in line
-            ]
-            if errors:
-                log(f"our relay logged {len(errors)} error line(s), e.g. {errors[0][:200]}")
 
 
 async def relay_gauges(port: int) -> dict[str, float]:

@@ -8,12 +8,20 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import asyncpg
 
 ADMIN_URL = os.environ.get("RELAY_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class SetupError(Exception):
@@ -68,3 +76,77 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
+
+
+RELAY_START_TIMEOUT = 60.0
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def serve_command() -> list[str]:
+    script = Path(sys.executable).with_name("relay")
+    if script.exists():
+        return [str(script), "serve"]
+    return [sys.executable, "-m", "relay.cli", "serve"]
+
+
+@contextlib.contextmanager
+def spawned_relay(
+    command: list[str],
+    env: dict[str, str],
+    port: int,
+    log_path: Path,
+    *,
+    error: type[Exception] = SetupError,
+    stop_timeout: float = 30.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a relay in its own process group until it listens on 127.0.0.1:`port`; on the
+    way out SIGTERM (then SIGKILL) the group and report any error lines it logged."""
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group, signalled by its id only
+        )
+    try:
+        deadline = time.monotonic() + RELAY_START_TIMEOUT
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise error(
+                        f"the relay did not start on 127.0.0.1:{port}:\n{log_tail(log_path)}"
+                    ) from None
+                time.sleep(0.1)
+        yield process
+    finally:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=stop_timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        errors = [
+            line
+            for line in log_tail(log_path, 200).splitlines()
+            if "ERROR" in line or "Traceback" in line
+        ]
+        if errors:
+            print(
+                f"the relay logged {len(errors)} error line(s), e.g. {errors[0][:200]}",
+                file=sys.stderr,
+            )

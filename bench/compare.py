@@ -42,8 +42,6 @@ import argparse
 import contextlib
 import datetime
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,10 +58,9 @@ import trio_websocket
 
 from bench import nostr_load as nl
 from bench import peer
-from bench.common import bounded, free_port, fresh_database
+from bench.common import bounded, free_port, fresh_database, serve_command, spawned_relay
 
 ROOT = Path(__file__).resolve().parent.parent
-RELAY_START_TIMEOUT = 60.0
 RELAY_STOP_TIMEOUT = 30.0  # RELAY_SHUTDOWN_GRACE defaults to 20 s
 INGEST_TIMEOUT = 300.0
 SEED_TIMEOUT = nl.SEED_TIMEOUT
@@ -93,20 +90,6 @@ def log(message: str) -> None:
 # --------------------------------------------------------------------------
 
 
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def relay_command() -> list[str]:
-    script = Path(sys.executable).with_name("relay")
-    if script.exists():
-        return [str(script), "serve"]
-    return [sys.executable, "-m", "relay.cli", "serve"]
-
-
 @contextlib.contextmanager
 def our_relay(
     database_url: str, work: Path, extra_env: dict[str, str] | None = None
@@ -123,47 +106,11 @@ def our_relay(
         "RELAY_GIT_PROBE": "off",
         **(extra_env or {}),
     }
-    log_path = work / "relay.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            relay_command(),
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own process group, signalled by its id only
-        )
-    try:
-        deadline = time.monotonic() + RELAY_START_TIMEOUT
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise CompareError(
-                        f"our relay did not start on 127.0.0.1:{port}:\n{_tail(log_path)}"
-                    ) from None
-                time.sleep(0.1)
+    with spawned_relay(
+        serve_command(), env, port, work / "relay.log",
+        error=CompareError, stop_timeout=RELAY_STOP_TIMEOUT,
+    ):  # fmt: skip
         yield f"ws://127.0.0.1:{port}/"
-    finally:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=RELAY_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        errors = [
-            line
-            for line in _tail(log_path, 200).splitlines()
-            if "ERROR" in line or "Traceback" in line
-        ]
-        if errors:
-            log(f"our relay logged {len(errors)} error line(s), e.g. {errors[0][:200]}")
 
 
 @contextlib.contextmanager

@@ -47,8 +47,6 @@ import io
 import os
 import random
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -66,7 +64,7 @@ import trio
 import trio_websocket
 from coincurve import PrivateKey
 
-from bench.common import bounded, free_port, fresh_database, positive_float
+from bench.common import bounded, free_port, fresh_database, log_tail, positive_float, spawned_relay
 from relay.events import kinds
 from relay.events.model import sign_event
 from relay.git.nip98 import make_token
@@ -84,7 +82,6 @@ WORDS_PER_LINE = 9
 EDITS_PER_COMMIT = 3
 SEED = 20240611
 BASE_TIME = 1_700_000_000
-RELAY_START_TIMEOUT = 60.0
 RELAY_STOP_TIMEOUT = 30.0
 ANNOUNCE_TIMEOUT = 30.0
 CGI_WRITE_CHUNK = 64 * 1024
@@ -279,11 +276,7 @@ class RelayProcess:
     log_path: Path
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
 
 @contextlib.contextmanager
@@ -305,35 +298,11 @@ def relay_process(database_url: str, work: Path) -> Iterator[RelayProcess]:
         "RELAY_LOG_LEVEL": "warning",
     }
     relay = RelayProcess(port=port, data_dir=data_dir, log_path=work / "relay.log")
-    with open(relay.log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "relay.cli", "serve"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + RELAY_START_TIMEOUT
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise BenchError(
-                        f"the relay did not start on 127.0.0.1:{port}:\n{relay.log_tail()}"
-                    ) from None
-                time.sleep(0.1)
+    with spawned_relay(
+        [sys.executable, "-m", "relay.cli", "serve"], env, port, relay.log_path,
+        error=BenchError, stop_timeout=RELAY_STOP_TIMEOUT,
+    ):  # fmt: skip
         yield relay
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=RELAY_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 async def _announce(port: int, key: PrivateKey, repo: str) -> None:
