@@ -112,6 +112,11 @@ def digest_of_key(key: str) -> str:
     return digest
 
 
+def pack_file_stem(pack_key: str) -> str:
+    """The name (without suffix) a stored pack gets in a workspace's objects/pack."""
+    return f"pack-{digest_of_key(pack_key)}"
+
+
 # -- manifest -------------------------------------------------------------------------------
 
 

@@ -1,8 +1,13 @@
 """Publishing a push: delta pack, manifest, and the one pointer CAS that commits it.
 
-Runs only after receive-pack reported every ref `ok`. The delta pack holds what the new
-ref tips reach and the parent manifest's tips do not (the parent's refs, never the
-client's claim). Packs and manifests are written first (write-once, content-addressed);
+Runs only after receive-pack reported every ref `ok`. receive-pack runs with
+`receive.unpackLimit=1`, so what the client sent stays one pack, already checked by
+`index-pack --strict --fix-thin` (self-contained: thin bases are appended) with its idx
+beside it; that pack and idx are published as they are. Only when objects arrived loose
+(an empty pack), or when the repository has too many packs, is a pack built with
+`pack-objects`: of what the new ref tips reach and the parent manifest's tips do not (the
+parent's refs, never the client's claim), or of everything for a compaction. Packs and
+manifests are written first (write-once, content-addressed);
 the CAS with the token read at hydrate time is the commit point. A lost race is the
 caller's 409: the receive-pack result was computed against a superseded parent, so it
 is never retried here.
@@ -11,11 +16,13 @@ is never retried here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
 from relay.git import model
 from relay.git.objectstore import GitObjects, LostRace, Won
+from relay.git.packcache import PackCache
 from relay.git.workspace import GitLimits, ResourceLimit, Workspace, run_git
 
 # Past this many packs a push repacks everything reachable into one pack.
@@ -98,18 +105,51 @@ def _object_count(pack: bytes) -> int:
     return int.from_bytes(pack[8:12], "big") if len(pack) >= PACK_HEADER else 0
 
 
-async def _upload_pack(objects: GitObjects, ws: Workspace, pack: bytes, limits: GitLimits) -> str:
+def received_packs(ws: Workspace) -> list[Path]:
+    """Packs in the workspace that hydration did not put there: what receive-pack kept."""
+    pack_dir = ws.path / "objects" / "pack"
+    return sorted(
+        p for p in pack_dir.glob("pack-*.pack")
+        if p.name not in ws.installed and p.with_suffix(".idx").exists()
+    )  # fmt: skip
+
+
+def has_loose_objects(ws: Workspace) -> bool:
+    return any(any(d.iterdir()) for d in (ws.path / "objects").glob("[0-9a-f][0-9a-f]"))
+
+
+async def _store_pack(
+    objects: GitObjects, pack_path: Path, cache: PackCache | None, limits: GitLimits
+) -> str:
+    """Upload a pack and the idx beside it (and keep both in the pod's cache); its key."""
+    pack = await trio.to_thread.run_sync(pack_path.read_bytes)
+    if len(pack) > limits.max_pack_bytes:
+        raise ResourceLimit(f"the pushed pack is larger than {limits.max_pack_bytes} bytes")
     digest = await objects.put_pack(pack)
-    pack_path = ws.path / f"upload-{digest}.pack"
-    await trio.to_thread.run_sync(pack_path.write_bytes, pack)
-    await run_git(["index-pack", str(pack_path)], home=ws.path, timeout=limits.timeout_seconds)
     idx = await trio.to_thread.run_sync(pack_path.with_suffix(".idx").read_bytes)
     await objects.put_idx(digest, idx)
+    if cache is not None:
+        await cache.add(digest, pack_path)
     return model.pack_key(digest)
 
 
+async def _build_pack(ws: Workspace, revisions: list[str], limits: GitLimits) -> Path | None:
+    """pack-objects of `revisions` with its idx, in the workspace; None if it is empty."""
+    pack = await _pack(ws, revisions, limits)
+    if _object_count(pack) == 0:
+        return None
+    pack_path = ws.path / f"built-{model.sha256_hex(pack)}.pack"
+    await trio.to_thread.run_sync(pack_path.write_bytes, pack)
+    await run_git(["index-pack", str(pack_path)], home=ws.path, timeout=limits.timeout_seconds)
+    return pack_path
+
+
 async def publish(
-    objects: GitObjects, ws: Workspace, pointer_key: str, limits: GitLimits
+    objects: GitObjects,
+    ws: Workspace,
+    pointer_key: str,
+    limits: GitLimits,
+    cache: PackCache | None = None,
 ) -> PushOutcome:
     parent = ws.manifest
     refs, observed_head = await snapshot_refs(ws, limits)
@@ -119,14 +159,18 @@ async def publish(
     packs = list(parent.packs)
     tips = sorted(set(refs.values()))
     if tips:
-        negatives = sorted({f"^{oid}" for oid in parent.refs.values()} - {f"^{t}" for t in tips})
-        full = len(set(packs)) >= COMPACT_AT_PACKS
-        pack = await _pack(ws, tips if full else tips + negatives, limits)
-        if ws.hydrated_bytes + len(pack) > limits.max_repo_bytes and not full:
+        full = len(set(packs)) + len(received_packs(ws)) >= COMPACT_AT_PACKS
+        if full or has_loose_objects(ws):
+            negatives = {f"^{oid}" for oid in parent.refs.values()} - {f"^{t}" for t in tips}
+            built = await _build_pack(ws, tips if full else tips + sorted(negatives), limits)
+            new = [built] if built is not None else []
+        else:
+            new = received_packs(ws)
+        added = sum(p.stat().st_size for p in new)
+        if ws.hydrated_bytes + added > limits.max_repo_bytes and not full:
             raise ResourceLimit(f"the repository would exceed {limits.max_repo_bytes} bytes")
-        if _object_count(pack) > 0:
-            key = await _upload_pack(objects, ws, pack, limits)
-            packs = [key] if full else [*packs, key]
+        keys = [await _store_pack(objects, p, cache, limits) for p in new]
+        packs = keys if full else [*packs, *keys]
     manifest = model.Manifest(head=head, refs=refs, packs=tuple(packs), parent=ws.digest).validate()
     digest = await objects.put_manifest(manifest)
     result = await objects.cas_pointer(pointer_key, digest, ws.token)

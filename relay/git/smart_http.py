@@ -372,7 +372,8 @@ class GitService:
             listener = await _unix_listener(socket_path)
             nursery.start_soon(self._answer_hook, listener, pusher, announcement, decision)
             result = await run_git(
-                ["receive-pack", "--stateless-rpc", str(ws.path)],
+                # Whatever arrives stays one checked pack, published as it is.
+                ["-c", "receive.unpackLimit=1", "receive-pack", "--stateless-rpc", str(ws.path)],
                 home=ws.path,
                 timeout=self.limits.timeout_seconds,
                 stdin_path=spool,
@@ -384,7 +385,7 @@ class GitService:
         stdout = result.stdout
         ok = result.returncode == 0 and report.unpack_ok and not report.rejected
         if ok and decision and not decision[0]:
-            outcome = await publish(self.relay.objects, ws, pointer_key, self.limits)
+            outcome = await publish(self.relay.objects, ws, pointer_key, self.limits, self.cache)
             if isinstance(outcome, Conflict):
                 raise HttpError(
                     409,

@@ -79,6 +79,17 @@ def git_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _subcommand(args: Sequence[str]) -> str:
+    """The git command's name, past `-c NAME=VALUE` and `--git-dir DIR`."""
+    rest = iter(args)
+    for arg in rest:
+        if arg in ("-c", "--git-dir"):
+            next(rest, None)
+        elif not arg.startswith("-"):
+            return arg
+    return "?"
+
+
 async def run_git(
     args: Sequence[str],
     *,
@@ -91,6 +102,7 @@ async def run_git(
 ) -> subprocess.CompletedProcess[bytes]:
     """Run git with a cleared environment and a timeout; the output is captured."""
     command = ["git", *SERVE_OPTIONS, *args]
+    name = _subcommand(args)
     try:
         with trio.fail_after(timeout):
             if stdin_path is not None:
@@ -105,10 +117,10 @@ async def run_git(
                     check=False, env=git_env(home, env), cwd=home,
                 )  # fmt: skip
     except trio.TooSlowError:
-        raise GitFailed(f"git {args[0]} took longer than {timeout} s", timed_out=True) from None
+        raise GitFailed(f"git {name} took longer than {timeout} s", timed_out=True) from None
     if check and result.returncode != 0:
         stderr = result.stderr.decode("utf-8", "replace").strip()[-500:]
-        raise GitFailed(f"git {args[0]} exited {result.returncode}: {stderr}")
+        raise GitFailed(f"git {name} exited {result.returncode}: {stderr}")
     return result
 
 
@@ -131,6 +143,8 @@ class Workspace:
     token: str
     digest: str
     hydrated_bytes: int
+    # The pack file names hydration put in objects/pack.
+    installed: frozenset[str]
 
     @property
     def oid_width(self) -> int:
@@ -157,7 +171,7 @@ async def _install_pack(
     objects: GitObjects, repo: Path, pack_key: str, limits: GitLimits, cache: PackCache | None
 ) -> int:
     digest = model.digest_of_key(pack_key)
-    pack_path = repo / "objects" / "pack" / f"pack-{digest}.pack"
+    pack_path = repo / "objects" / "pack" / f"{model.pack_file_stem(pack_key)}.pack"
     if cache is not None:
         cached = await cache.link_into(digest, pack_path)
         if cached is not None:
@@ -199,4 +213,5 @@ async def hydrate_into(
         ref_path.parent.mkdir(parents=True, exist_ok=True)
         ref_path.write_text(oid + "\n")
     (repo / "HEAD").write_text(f"ref: {manifest.head}\n")
-    return Workspace(repo, manifest, token, digest, total)
+    installed = frozenset(f"{model.pack_file_stem(k)}.pack" for k in manifest.packs)
+    return Workspace(repo, manifest, token, digest, total, installed)

@@ -25,7 +25,7 @@ STORE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-class RelayConnection(asyncpg.Connection):  # type: ignore[misc]
+class RelayConnection(asyncpg.Connection):  # type: ignore[misc,unused-ignore]
     """A pooled connection released without the reset round trip.
 
     The relay keeps no session state (no SET, LISTEN, cursors or session advisory locks

@@ -403,6 +403,49 @@ async def test_push_round_trip(
         await git.run("fsck", "--full", "--strict", cwd=final)
 
 
+# -- what a push stores ------------------------------------------------------------------------
+
+
+async def test_each_push_stores_the_pack_it_sent_and_many_packs_are_compacted(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("relay.git.push.COMPACT_AT_PACKS", 3)
+    async with hosted_relay("filesystem", nursery, db_url, tmp_path / "data") as h:
+        key = new_key()
+        git = Git(tmp_path / "home")
+        owner, url, work = await setup_repo(h, git, tmp_path, key, "packs")
+        commits = []
+        for n, expected_packs in ((1, 1), (2, 2), (3, 1), (4, 2)):
+            commits.append(await git.commit(work, f"f{n}.txt", f"{n}\n", f"commit {n}"))
+            await git.run("push", "-q", "origin", "main", cwd=work, key=key, url=url)
+            manifest = await h.manifest(owner, repo="packs")
+            assert manifest.refs == {"refs/heads/main": commits[-1]}
+            # One new pack a push; the third would make three, so everything is repacked.
+            assert len(manifest.packs) == expected_packs, (n, manifest.packs)
+            newest = await h.objects.get_verified(manifest.packs[-1], 1 << 20)
+            count = int.from_bytes(newest[8:12], "big")
+            if n == 3:
+                assert count == 3 * n  # the compaction holds every commit, tree and blob
+            else:
+                # What the client sent for one commit (commit, tree, blob) and at most the
+                # delta bases index-pack appended, never the history again.
+                assert count == 3 if n == 1 else 3 <= count < 3 * n, (n, count)
+            # Every stored pack stands alone: git indexes it with nothing else around.
+            alone = fresh_dir(tmp_path, "alone")
+            alone.mkdir()
+            (alone / "p.pack").write_bytes(newest)
+            await git.run("index-pack", str(alone / "p.pack"))
+        # A push that only names an existing commit stores no pack.
+        await git.run("push", "-q", "origin", "main:side", cwd=work, key=key, url=url)
+        manifest = await h.manifest(owner, repo="packs")
+        assert len(manifest.packs) == 2 and "refs/heads/side" in manifest.refs
+        final = fresh_dir(tmp_path, "final")
+        await git.run("clone", "-q", "--mirror", url, str(final))
+        await git.run("fsck", "--full", "--strict", cwd=final)
+        log = await git.run("rev-list", "refs/heads/main", cwd=final)
+        assert log.stdout.decode().split() == commits[::-1]
+
+
 # -- no fork ---------------------------------------------------------------------------------
 
 RACERS = 8

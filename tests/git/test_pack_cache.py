@@ -14,56 +14,75 @@ from tests.git.gitclient import Git, announce
 from tests.helpers import new_key
 
 
-async def test_second_clone_uses_the_cache_and_a_new_push_is_fetched(
+async def test_packs_are_cached_by_the_push_and_fetched_once_by_another_pod(
     nursery: trio.Nursery, db_url: str, tmp_path: Path
 ) -> None:
-    # A short private scratch path: the push hook's unix socket lives under it.
-    scratch = Path(tempfile.mkdtemp(prefix="rc-", dir="/tmp"))
+    # Short private scratch paths: the push hook's unix socket lives under them.
+    scratches = [Path(tempfile.mkdtemp(prefix="rc-", dir="/tmp")) for _ in range(2)]
     try:
-        await _second_clone_uses_the_cache(nursery, db_url, tmp_path, scratch)
+        await _two_pods(nursery, db_url, tmp_path, scratches)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        for scratch in scratches:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
-async def _second_clone_uses_the_cache(
-    nursery: trio.Nursery, db_url: str, tmp_path: Path, scratch: Path
+async def _two_pods(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path, scratches: list[Path]
 ) -> None:
-    relay = await start_relay(
-        nursery, db_url, tmp_path / "data", git_pack_cache_bytes=64 * 1024 * 1024,
-        git_scratch_dir=str(scratch),
-    )  # fmt: skip
-    assert relay.app is not None and relay.app.git is not None
-    cache = relay.app.git.cache
-    assert cache is not None
+    # Two relays sharing the database and the object store (the data directory), each
+    # with its own pack cache, as two pods would.
+    pods = [
+        await start_relay(
+            nursery,
+            db_url,
+            tmp_path / "data",
+            git_pack_cache_bytes=64 * 1024 * 1024,
+            git_scratch_dir=str(scratch),
+        )
+        for scratch in scratches
+    ]
+    caches = []
+    for pod in pods:
+        assert pod.app is not None and pod.app.git is not None and pod.app.git.cache
+        caches.append(pod.app.git.cache)
+    pusher, reader = caches
     key = new_key()
-    owner = (await announce(relay.port, key, "cached")).pubkey
-    url = f"http://127.0.0.1:{relay.port}/git/{owner}/cached.git"
+    owner = (await announce(pods[0].port, key, "cached")).pubkey
+    urls = [f"http://127.0.0.1:{pod.port}/git/{owner}/cached.git" for pod in pods]
     git = Git(tmp_path / "home")
     work = tmp_path / "work"
-    await git.run("clone", "-q", url, str(work))
+    await git.run("clone", "-q", urls[0], str(work))
     await git.commit(work, "a.txt", "one\n", "one")
-    await git.run("push", "-q", "origin", "main", cwd=work, key=key, url=url)
+    await git.run("push", "-q", "origin", "main", cwd=work, key=key, url=urls[0])
 
-    await git.run("clone", "-q", url, str(tmp_path / "c1"))
-    first_misses, first_hits = cache.misses, cache.hits
-    assert first_misses >= 1  # the pushed pack came from the object store once
+    # The pod that took the push kept the pack it published: its clones read no pack
+    # from the object store.
+    await git.run("clone", "-q", urls[0], str(tmp_path / "a1"))
+    assert pusher.misses == 0 and pusher.hits >= 2  # info/refs and upload-pack
 
-    await git.run("clone", "-q", url, str(tmp_path / "c2"))
-    assert cache.misses == first_misses  # nothing downloaded again
-    assert cache.hits >= first_hits + 2  # info/refs and upload-pack both hydrated from disk
-    assert (tmp_path / "c2" / "a.txt").read_text() == "one\n"
+    # The other pod downloads it once, then serves it from its own disk.
+    await git.run("clone", "-q", urls[1], str(tmp_path / "b1"))
+    assert reader.misses == 1
+    hits = reader.hits
+    await git.run("clone", "-q", urls[1], str(tmp_path / "b2"))
+    assert reader.misses == 1  # nothing downloaded again
+    assert reader.hits >= hits + 2
+    assert (tmp_path / "b2" / "a.txt").read_text() == "one\n"
 
-    # A new push adds a pack: only that one is fetched, and clones see the new commit.
+    # A new push through the first pod adds a pack: the other pod fetches only that one,
+    # and its clones see the new commit.
     await git.commit(work, "b.txt", "two\n", "two")
-    await git.run("push", "-q", "origin", "main", cwd=work, key=key, url=url)
-    await git.run("clone", "-q", url, str(tmp_path / "c3"))
-    assert cache.misses == first_misses + 1
-    assert (tmp_path / "c3" / "b.txt").read_text() == "two\n"
+    await git.run("push", "-q", "origin", "main", cwd=work, key=key, url=urls[0])
+    await git.run("clone", "-q", urls[1], str(tmp_path / "b3"))
+    assert reader.misses == 2
+    assert (tmp_path / "b3" / "b.txt").read_text() == "two\n"
+    assert pusher.misses == 0
 
     # Entries are keyed by the pack digest, pack and idx side by side.
-    cached = sorted(p.stem for p in cache.root.glob("*.pack"))
-    assert len(cached) == 2 and all(model.is_digest(d) for d in cached)
-    assert all((cache.root / f"{d}.idx").exists() for d in cached)
+    for cache in caches:
+        cached = sorted(p.stem for p in cache.root.glob("*.pack"))
+        assert len(cached) == 2 and all(model.is_digest(d) for d in cached)
+        assert all((cache.root / f"{d}.idx").exists() for d in cached)
 
 
 async def test_cache_stays_within_its_size(tmp_path: Path) -> None:
