@@ -3,7 +3,8 @@
 It reads `old new ref` lines, works out for each update whether old is an ancestor of
 new (inside git's quarantine, where the pushed objects are), sends the updates over the
 push's private unix socket, and exits 0 only when the relay allows the push. Any error
-declines it. Kept to the standard library: it starts once per push.
+declines it. Kept to the standard library: it starts once per push, as a script, with
+neither site-packages nor the relay package on its path.
 """
 
 from __future__ import annotations

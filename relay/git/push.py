@@ -62,13 +62,8 @@ async def snapshot_refs(ws: Workspace, limits: GitLimits) -> tuple[dict[str, str
         oid, _, name = line.partition(" ")
         if model.is_safe_refname(name) and model.is_oid(oid):
             refs[name] = oid
-    head = await run_git(
-        ["--git-dir", str(ws.path), "symbolic-ref", "-q", "HEAD"],
-        home=ws.path,
-        timeout=limits.timeout_seconds,
-        check=False,
-    )
-    return refs, head.stdout.decode().strip()
+    head = await trio.to_thread.run_sync((ws.path / "HEAD").read_text)
+    return refs, head.removeprefix("ref: ").strip() if head.startswith("ref: ") else ""
 
 
 def published_head(observed: str, parent: model.Manifest, refs: dict[str, str]) -> str:
