@@ -29,13 +29,15 @@ def batchable(event: Event) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class _Pending:
+class Pending:
     community_id: int
     event: Event
     raw: str
 
 
-async def _save_batch(conn: Connection, batch: list[_Pending]) -> list[Saved]:
+async def save_regular(conn: Connection, batch: list[Pending]) -> list[Saved]:
+    """Store regular, non-deletion events in one transaction; an outcome each, in order
+    (an id twice in the batch is stored once, then a duplicate)."""
     cids = [p.community_id for p in batch]
     ids = [bytes.fromhex(p.event.id) for p in batch]
     pubkeys = [bytes.fromhex(p.event.pubkey) for p in batch]
@@ -94,7 +96,7 @@ async def _save_batch(conn: Connection, batch: list[_Pending]) -> list[Saved]:
     return outcomes
 
 
-class GroupCommit(Batcher[_Pending, SaveResult]):
+class GroupCommit(Batcher[Pending, SaveResult]):
     def __init__(self, db: Database, max_batch: int = MAX_BATCH, writers: int = WRITERS) -> None:
         super().__init__(self._write, max_batch=max_batch, workers=writers)
         self.db = db
@@ -104,7 +106,7 @@ class GroupCommit(Batcher[_Pending, SaveResult]):
         return batchable(event)
 
     async def save(self, community_id: int, event: Event, raw: str) -> SaveResult:
-        return await self.submit(_Pending(community_id, event, raw))
+        return await self.submit(Pending(community_id, event, raw))
 
-    async def _write(self, batch: list[_Pending]) -> list[SaveResult]:
-        return [SaveResult(outcome) for outcome in await self.db.run(_save_batch, batch)]
+    async def _write(self, batch: list[Pending]) -> list[SaveResult]:
+        return [SaveResult(outcome) for outcome in await self.db.run(save_regular, batch)]

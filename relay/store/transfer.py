@@ -10,8 +10,9 @@ written meanwhile comes after what it affects, and importing the file still conv
 
 Import checks every line as the websocket path checks an EVENT (shape, limits, created_at
 not too far in the future, the kind-specific validators, id and signature) and stores it
-through `EventStore.save`, in file order, so replacement and NIP-09 deletion rules apply
-exactly as they do live. Events already expired (NIP-40), ephemeral events and NIP-42 AUTH
+in file order the way the live relay does (regular events together, as group commit
+stores them; the others through `EventStore.save`), so replacement and NIP-09 deletion
+rules apply exactly as they do live. Events already expired (NIP-40), ephemeral events and NIP-42 AUTH
 events are skipped. Re-running a file stores nothing twice, so an interrupted import is
 resumed by running it again. NIP-70 protected events are stored: the operator vouches for
 the file. Repositories are not re-created: a kind 30617 announcement is stored as an event
@@ -45,6 +46,7 @@ from relay.protocol.limits import Limits
 from relay.store.communities import Communities
 from relay.store.db import STORE_ERRORS, Connection, Database, DatabaseError
 from relay.store.events import EventStore, Saved
+from relay.store.group_commit import Pending, batchable, save_regular
 from relay.store.migrations import migrate
 
 log = logging.getLogger(__name__)
@@ -277,8 +279,8 @@ def _check_batch(
 
 class _OnConnection(Database):
     """A Database whose `run` uses one connection the caller already holds on the asyncio
-    side: an EventStore over it saves a whole batch in one crossing, one transaction an
-    event, through exactly the code the relay uses."""
+    side: an EventStore over it saves within the batch's one crossing, through exactly the
+    code the relay uses."""
 
     def __init__(self, conn: Connection) -> None:  # no pool: nothing is acquired
         self._conn = conn
@@ -298,54 +300,43 @@ class _Saving:
     failure: tuple[int, Exception] | None = None  # the line whose event could not be stored
 
 
-async def _stored_already(
-    conn: Connection, community_id: int, events: list[tuple[int, Event]]
-) -> set[str]:
-    """Ids of the batch's regular, non-deletion events that are stored already."""
-    ids = [
-        bytes.fromhex(e.id)
-        for _, e in events
-        if e.kind != kinds.DELETION and storage_class(e.kind) is Storage.REGULAR
-    ]
-    if not ids:
-        return set()
-    rows = await conn.fetch(
-        "SELECT id FROM events WHERE community_id = $1 AND id = ANY($2::bytea[])",
-        community_id,
-        ids,
-    )
-    return {bytes(row["id"]).hex() for row in rows}
-
-
 async def _save_batch(
     conn: Connection, community_id: int, events: list[tuple[int, Event]]
 ) -> _Saving:
     """Save in order; stop at the first failure, keeping what was committed before it.
 
-    Each event is its own transaction, committed without waiting for the disk; one
-    synchronous commit at the end of the batch then flushes the WAL up to it, so the
-    whole batch is durable before it is counted, at the price of one flush.
-
-    A re-run is cheap: a regular, non-deletion event found stored when the batch starts is
-    a duplicate without a save, which is exactly what the save would answer, unless a
-    deletion by its author comes earlier in the batch (then it is saved and answers
-    DELETED). Replaceable, addressable and deletion events are always saved."""
+    Consecutive regular, non-deletion events are stored together, one transaction a run,
+    exactly as the relay's group commit stores them live (a duplicate, or an event whose
+    deletion is stored, gets the same outcome); any other event is its own transaction
+    through `EventStore.save`, so runs never cross a deletion or a replacement and file
+    order holds. Transactions commit without waiting for the disk; one synchronous commit
+    at the end of the batch then flushes the WAL up to it, so the whole batch is durable
+    before it is counted, at the price of one flush."""
     store = EventStore(_OnConnection(conn))
     saving = _Saving()
-    line = events[0][0]  # the line being stored, named if storing fails
+    line = events[0][0]  # the first line not yet stored, named if storing fails
+    run: list[tuple[int, Event]] = []
+
+    async def store_run() -> None:
+        nonlocal line
+        if run:
+            line = run[0][0]
+            pending = [Pending(community_id, e, e.to_json()) for _, e in run]
+            saving.outcomes.extend(await save_regular(conn, pending))
+            run.clear()
+
     try:
         await conn.execute("SET synchronous_commit = off")
         try:
-            stored = await _stored_already(conn, community_id, events)
-            deleting: set[str] = set()  # authors of the deletions met so far in the batch
-            for line, event in events:  # noqa: B007 - `line` is read after the loop
-                if event.kind == kinds.DELETION:
-                    deleting.add(event.pubkey)
-                elif event.id in stored and event.pubkey not in deleting:
-                    saving.outcomes.append(Saved.DUPLICATE)
+            for number, event in events:
+                if batchable(event):
+                    run.append((number, event))
                     continue
+                await store_run()
+                line = number
                 result = await store.save(community_id, event, event.to_json())
                 saving.outcomes.append(result.outcome)
+            await store_run()
         finally:
             await conn.execute("RESET synchronous_commit")
         # A transaction with an id commits synchronously: WAL is flushed up to here.
@@ -367,7 +358,7 @@ async def import_events(
     """Store the events of `stream` in file order, counting each line's outcome in `report`.
 
     Lines are read and checked in a worker thread, a batch at a time; the batch's events
-    are then saved in one database crossing, one transaction each, in file order."""
+    are then saved in one database crossing, in file order (see _save_batch)."""
     max_bytes = max_line_bytes(limits)
     lines = read_lines(stream, max_bytes)
     while True:
