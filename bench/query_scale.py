@@ -58,8 +58,8 @@ from bench.common import (
     ROOT,
     SetupError,
     bounded,
-    fresh_database,
     free_port,
+    fresh_database,
     log_tail,
     serve_command,
     spawned_relay,
@@ -306,7 +306,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tmp_path = Path(tmp)
         if fresh:
             path = tmp_path / "events.jsonl"
-            report["build_seconds"] = round(build(path, args.events, args.authors, args.tag_values), 1)
+            built = build(path, args.events, args.authors, args.tag_values)
+            report["build_seconds"] = round(built, 1)
             print(f"built {args.events} events in {report['build_seconds']} s", file=sys.stderr)
             seconds, imported = load(path, url, tmp_path / "data")
             report["load_seconds"] = round(seconds, 1)

@@ -13,6 +13,7 @@ It speaks only what a query needs: text frames (fragmented or not), ping (answer
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import struct
@@ -58,7 +59,9 @@ class RawWebSocket:
         self._pos = 0
 
     @classmethod
-    async def connect(cls, host: str, port: int, path: str = "/", host_header: str = "") -> RawWebSocket:
+    async def connect(
+        cls, host: str, port: int, path: str = "/", host_header: str = ""
+    ) -> RawWebSocket:
         stream = await trio.open_tcp_stream(host, port)
         key = base64.b64encode(os.urandom(16))
         request = (
@@ -139,8 +142,6 @@ class RawWebSocket:
                 raise WebSocketError(f"unexpected opcode {opcode}")
 
     async def aclose(self) -> None:
-        try:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self.stream.send_all(frame(OP_CLOSE, struct.pack("!H", 1000)))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
         await self.stream.aclose()
