@@ -8,16 +8,17 @@ without locking the relay: events written while it runs may or may not be includ
 because the output is ordered by created_at, a deletion or a newer replaceable version
 written meanwhile comes after what it affects, and importing the file still converges.
 
-Import checks every line as the websocket path checks an EVENT (shape, limits, created_at
-not too far in the future, the kind-specific validators, id and signature) and stores it
-in file order the way the live relay does (regular events together, as group commit
-stores them; the others through `EventStore.save`), so replacement and NIP-09
-deletion rules apply exactly as they do live. Events already expired (NIP-40), ephemeral events and NIP-42 AUTH
-events are skipped. Re-running a file stores nothing twice, so an interrupted import is
-resumed by running it again. NIP-70 protected events are stored: the operator vouches for
-the file. Repositories are not re-created: a kind 30617 announcement is stored as an event
-only, without reserving its name in the registry or seeding a git pointer, and a deletion
-in the file does not release names or drop pointers.
+Import checks every line as the websocket path checks an EVENT (shape, limits,
+created_at not too far in the future, the kind-specific validators, id and signature)
+and stores it in file order the way the live relay does (regular events together, as
+group commit stores them; the others through `EventStore.save`), so replacement and
+NIP-09 deletion rules apply exactly as they do live. Events already expired (NIP-40),
+ephemeral events and NIP-42 AUTH events are skipped. Re-running a file stores nothing
+twice, so an interrupted import is resumed by running it again. NIP-70 protected events
+are stored: the operator vouches for the file. Repositories are not re-created: a kind
+30617 announcement is stored as an event only, without reserving its name in the
+registry or seeding a git pointer, and a deletion in the file does not release names or
+drop pointers.
 """
 
 from __future__ import annotations
