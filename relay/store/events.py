@@ -87,16 +87,22 @@ class _Args:
         return f"${len(self.values)}"
 
 
+def _one_of(column: str, values: list[Any], args: _Args, cast: str = "") -> str:
+    """`column = $n` for one value, which lets an index on it give rows already in
+    created_at order (a LIMIT then stops early); `= ANY($n)` for several."""
+    if len(values) == 1:
+        return f"{column} = {args.add(values[0])}{cast}"
+    return f"{column} = ANY({args.add(values)}{cast and cast + '[]'})"
+
+
 def _conditions(flt: Filter, args: _Args) -> list[str]:
     where = ["e.community_id = $1", "(e.expires_at IS NULL OR e.expires_at > $2)"]
     if flt.ids is not None:
-        where.append(f"e.id = ANY({args.add([bytes.fromhex(i) for i in sorted(flt.ids)])})")
+        where.append(_one_of("e.id", [bytes.fromhex(i) for i in sorted(flt.ids)], args))
     if flt.authors is not None:
-        where.append(
-            f"e.pubkey = ANY({args.add([bytes.fromhex(a) for a in sorted(flt.authors)])})"
-        )
+        where.append(_one_of("e.pubkey", [bytes.fromhex(a) for a in sorted(flt.authors)], args))
     if flt.kinds is not None:
-        where.append(f"e.kind = ANY({args.add(sorted(flt.kinds))}::integer[])")
+        where.append(_one_of("e.kind", sorted(flt.kinds), args, "::integer"))
     if flt.since is not None:
         where.append(f"e.created_at >= {args.add(flt.since)}")
     if flt.until is not None:
