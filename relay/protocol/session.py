@@ -43,10 +43,13 @@ class Session:
     def close(self, sub_id: str) -> bool:
         return self.subscriptions.pop(sub_id, None) is not None
 
-    def matching(self, event: Event) -> list[tuple[str, Subscription]]:
-        """The subscriptions that should receive this live event, each once."""
+    def matching(self, event: Event, sub_ids: set[str]) -> list[tuple[str, Subscription]]:
+        """Those of `sub_ids` (the candidates) that should receive this live event, in
+        the order they were opened."""
         return [
-            (sid, sub) for sid, sub in self.subscriptions.items() if matches_any(sub.filters, event)
+            (sid, sub)
+            for sid, sub in self.subscriptions.items()
+            if sid in sub_ids and matches_any(sub.filters, event)
         ]
 
     def go_live(self, sub_id: str, sent_ids: set[str]) -> list[str]:

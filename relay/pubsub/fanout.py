@@ -10,11 +10,13 @@ from collections import defaultdict
 from typing import Protocol
 
 from relay.events.model import Event
+from relay.protocol.filters import Filter
+from relay.pubsub.index import SubscriptionIndex
 
 
 class Sink(Protocol):
-    def deliver(self, event: Event, raw: str) -> int:
-        """Queue the event for every matching subscription; must not block.
+    def deliver(self, event: Event, raw: str, sub_ids: set[str]) -> int:
+        """Queue the event for those of `sub_ids` it matches; must not block.
 
         Returns how many subscriptions it was queued for."""
 
@@ -36,6 +38,8 @@ class Fanout:
 
     def __init__(self) -> None:
         self._sinks: dict[int, set[Sink]] = defaultdict(set)
+        # Per community: which open subscriptions an event could match.
+        self._index: dict[int, SubscriptionIndex[Sink]] = {}
         self.remote: Remote | None = None
         self.deliveries = 0
 
@@ -48,6 +52,24 @@ class Fanout:
             sinks.discard(sink)
             if not sinks:
                 del self._sinks[community_id]
+        index = self._index.get(community_id)
+        if index is not None:
+            index.remove_holder(sink)
+            if not len(index):
+                del self._index[community_id]
+
+    def subscribe(
+        self, community_id: int, sink: Sink, sub_id: str, filters: tuple[Filter, ...]
+    ) -> None:
+        """A subscription opened (or replaced one of the same id) on this connection."""
+        self._index.setdefault(community_id, SubscriptionIndex()).add(sink, sub_id, filters)
+
+    def unsubscribe(self, community_id: int, sink: Sink, sub_id: str) -> None:
+        index = self._index.get(community_id)
+        if index is not None:
+            index.remove(sink, sub_id)
+            if not len(index):
+                del self._index[community_id]
 
     def publish(self, community_id: int, event: Event, raw: str) -> None:
         """An event this pod accepted: to its own subscribers, then to the other pods."""
@@ -56,8 +78,11 @@ class Fanout:
             self.remote.send(community_id, raw)
 
     def deliver_local(self, community_id: int, event: Event, raw: str) -> None:
-        for sink in list(self._sinks.get(community_id, ())):
-            self.deliveries += sink.deliver(event, raw)
+        index = self._index.get(community_id)
+        if index is None:
+            return
+        for sink, sub_ids in index.candidates(event).items():
+            self.deliveries += sink.deliver(event, raw, sub_ids)
 
     def connection_count(self) -> int:
         return sum(len(s) for s in self._sinks.values())

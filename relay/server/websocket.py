@@ -67,9 +67,9 @@ class LiveSink:
         self.session = session
         self.outbox = outbox
 
-    def deliver(self, event: Event, raw: str) -> int:
+    def deliver(self, event: Event, raw: str, sub_ids: set[str]) -> int:
         queued = 0
-        for sub_id, sub in self.session.matching(event):
+        for sub_id, sub in self.session.matching(event, sub_ids):
             if sub.backlog is not None:
                 sub.backlog.append((event.id, raw))
                 sub.backlog_bytes += len(raw)
@@ -214,7 +214,7 @@ class ClientConnection:
                 return
             await out.put(msg.count(parsed.sub_id, n))
         elif isinstance(parsed, msg.ClientClose):
-            self.session.close(parsed.sub_id)
+            self._close_subscription(parsed.sub_id)
         elif isinstance(parsed, msg.ClientAuth):
             await self._authenticate(parsed.event)
 
@@ -257,13 +257,14 @@ class ClientConnection:
         if refusal is not None:
             await self.outbox.put(msg.closed(req.sub_id, refusal))
             return
+        self.relay.fanout.subscribe(self.community_id, self.sink, req.sub_id, req.filters)
         try:
             stored = await self.relay.store.query(
                 self.community_id, req.filters, int(time.time())
             )
         except STORE_ERRORS as exc:
             log.error("REQ failed: %s", exc)
-            self.session.close(req.sub_id)
+            self._close_subscription(req.sub_id)
             await self.outbox.put(msg.closed(req.sub_id, QUERY_FAILED))
             return
         for _, raw in stored:
@@ -272,6 +273,10 @@ class ClientConnection:
         sent = {event_id for event_id, _ in stored}
         for raw in self.session.go_live(req.sub_id, sent):
             await self.outbox.put(msg.event_frame(req.sub_id, raw))
+
+    def _close_subscription(self, sub_id: str) -> None:
+        self.session.close(sub_id)
+        self.relay.fanout.unsubscribe(self.community_id, self.sink, sub_id)
 
     async def _authenticate(self, event: Event) -> None:
         reason = check_auth_event(

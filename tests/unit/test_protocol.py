@@ -556,13 +556,17 @@ def test_session_matching() -> None:
     session.open("both", (flt({"kinds": [1]}), flt({"authors": [ALICE_PK]})))
     session.open("bob", (flt({"authors": [BOB_PK]}),))
     note = event(ALICE, kind=1)
-    matched = session.matching(note)
+    every = {"notes", "both", "bob"}
+    matched = session.matching(note, every)
     assert [sid for sid, _ in matched] == ["notes", "both"]  # each once, in opening order
     assert matched[0][1] is session.subscriptions["notes"]
-    assert [sid for sid, _ in session.matching(event(BOB, kind=7))] == ["bob"]
-    assert session.matching(event(ALICE, kind=7)) == [("both", session.subscriptions["both"])]
+    assert [sid for sid, _ in session.matching(event(BOB, kind=7), every)] == ["bob"]
+    both = [("both", session.subscriptions["both"])]
+    assert session.matching(event(ALICE, kind=7), every) == both
+    # Only the candidates are looked at.
+    assert [sid for sid, _ in session.matching(note, {"both", "bob"})] == ["both"]
     session.close("both")
-    assert [sid for sid, _ in session.matching(note)] == ["notes"]
+    assert [sid for sid, _ in session.matching(note, every)] == ["notes"]
 
 
 def test_session_go_live_releases_held_back_events_not_already_sent() -> None:
