@@ -146,7 +146,7 @@ def ingest(
 
 def query(url: str, queries: int, query_filter: dict[str, Any]) -> dict[str, Any]:
     target = nl.resolve_target(url)
-    stats, timed_out = trio.run(nl.run_queries, target, queries, query_filter, QUERY_TIMEOUT)
+    stats, timed_out = trio.run(nl.run_queries, target, queries, [query_filter], QUERY_TIMEOUT)
     return nl.query_report(target, queries, query_filter, stats, timed_out)
 
 

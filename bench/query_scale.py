@@ -1,8 +1,7 @@
 """Query latency over a large store: REQ -> EOSE for limit-500 queries over N events.
 
     .venv/bin/python -m bench.query_scale [--events 1000000] [--authors 1000]
-        [--tag-values 100] [--queries 500] [--client raw|trio-websocket]
-        [--keep-db | --reuse-db NAME] [--json]
+        [--tag-values 100] [--queries 500] [--keep-db | --reuse-db NAME] [--json]
 
 1. Build: `--events` signed events (kind 1 notes 70 %, kind 7 reactions 20 %, kind 6
    reposts 10 %) by `--authors` keys, one a second backwards from a fixed time, each with
@@ -13,16 +12,16 @@
    (every id and signature checked, stored through the relay's own store), then
    `VACUUM ANALYZE`.
 3. Serve: `relay serve` on a free loopback port (defaults, rate limits and git probe off).
-4. Query, one connection, sequential, each measured from sending the REQ to receiving its
-   EOSE, `--queries` of each shape after 20 unmeasured warm-up queries of each:
+4. Query with the harness's client (`bench.nostr_load.run_queries`, frames parsed by
+   `bench/wsraw.py`), one connection, sequential, each measured from sending the REQ to
+   receiving its EOSE, `--queries` of each shape after 20 unmeasured warm-up queries of
+   each (the last 20 filters of the cycle, so the measured ones start cold):
    - `{"#t":[<value>],"limit":500}`, the value cycling through all tag values
      (`--events / --tag-values` matches each);
    - `{"authors":[<key>],"kinds":[1],"limit":500}`, the key cycling through all authors
      (about `0.7 x --events / --authors` matches each).
    Each query must return exactly min(500, matches) events, or the run fails.
 
-`--client raw` (default) reads frames with `bench/wsraw.py`; `--client trio-websocket`
-uses the harness's usual client, whose own per-message cost is part of what it measures.
 `--keep-db` leaves the loaded database in place and prints its name; `--reuse-db NAME`
 skips build and load and queries that database (whose events must have been made with the
 same arguments). Exit status 0 if every query returned what it should, 1 if not, 2 on a
@@ -65,7 +64,7 @@ from bench.common import (
     spawned_relay,
 )
 from bench.nostr_load import Key, percentile, resolve_target, run_queries
-from bench.wsraw import RawWebSocket, WebSocketError
+from bench.wsraw import WebSocketError
 
 BASE_TIME = 1_780_000_000  # a fixed "now" for the generated history (2026-05-28)
 KIND_SHARES = ((1, 70), (7, 20), (6, 10))  # kind, percent
@@ -196,61 +195,6 @@ def shapes(events: int, authors: int, tag_values: int) -> list[Shape]:
     ]
 
 
-async def raw_queries(
-    port: int, shape: Shape, count: int, first: int
-) -> tuple[list[float], list[str]]:
-    """`count` sequential queries of `shape` from filter number `first` on; (latencies, errors)."""
-    latencies: list[float] = []
-    errors: list[str] = []
-    ws = await RawWebSocket.connect("127.0.0.1", port)
-    try:
-        for n in range(first, first + count):
-            which = n % len(shape.filters)
-            sub = f"q{n}"
-            req = orjson.dumps(["REQ", sub, shape.filters[which]]).decode()
-            event_head, eose_head = f'["EVENT","{sub}",'.encode(), f'["EOSE","{sub}"]'.encode()
-            got = 0
-            with trio.fail_after(QUERY_TIMEOUT):
-                sent = time.perf_counter()
-                await ws.send_text(req)
-                while True:
-                    message = await ws.receive()
-                    head = message[:48].replace(b" ", b"")
-                    if head.startswith(event_head):
-                        got += 1
-                    elif head.startswith(eose_head):
-                        break
-                    elif not head.startswith((b'["AUTH"', b'["NOTICE"')):
-                        errors.append(message[:200].decode(errors="replace"))
-                        if head.startswith(b'["CLOSED"'):
-                            break
-                elapsed = time.perf_counter() - sent
-            await ws.send_text(orjson.dumps(["CLOSE", sub]).decode())
-            if got != shape.expected[which]:
-                errors.append(f"{req}: {got} events, expected {shape.expected[which]}")
-            latencies.append(elapsed)
-    finally:
-        await ws.aclose()
-    return latencies, errors
-
-
-async def library_queries(
-    port: int, shape: Shape, count: int, first: int
-) -> tuple[list[float], list[str]]:
-    """The same through the harness's trio-websocket client (one filter per batch)."""
-    target = resolve_target(f"ws://127.0.0.1:{port}")
-    latencies: list[float] = []
-    errors: list[str] = []
-    for n in range(first, first + count):
-        which = n % len(shape.filters)
-        stats, timed_out = await run_queries(target, 1, shape.filters[which], QUERY_TIMEOUT)
-        errors += stats.errors + [f"timed out: {shape.name}"] * timed_out
-        if stats.returned and stats.returned[0] != shape.expected[which]:
-            errors.append(f"{shape.filters[which]}: {stats.returned[0]} events")
-        latencies += stats.latencies
-    return latencies, errors
-
-
 def summary(latencies: Sequence[float]) -> dict[str, float | None]:
     ordered = sorted(latencies)
     return {
@@ -260,16 +204,25 @@ def summary(latencies: Sequence[float]) -> dict[str, float | None]:
 
 
 def query_all(port: int, args: argparse.Namespace, plan: list[Shape]) -> dict[str, Any]:
-    run = raw_queries if args.client == "raw" else library_queries
+    target = resolve_target(f"ws://127.0.0.1:{port}")
 
     async def main() -> dict[str, Any]:
         results: dict[str, Any] = {}
         for shape in plan:
-            await run(port, shape, WARM_UP, 0)
-            latencies, errors = await run(port, shape, args.queries, WARM_UP)
+            warm = shape.filters[-WARM_UP:]
+            await run_queries(target, len(warm), warm, QUERY_TIMEOUT * len(warm))
+            stats, timed_out = await run_queries(
+                target, args.queries, shape.filters, QUERY_TIMEOUT * args.queries
+            )
+            errors = [*stats.errors, *(f"CLOSED: {r}" for r in stats.closed)]
+            errors += ["timed out"] * timed_out
+            for n, got in enumerate(stats.returned):
+                want = shape.expected[n % len(shape.expected)]
+                if got != want:
+                    errors.append(f"{shape.filters[n % len(shape.filters)]}: {got}, not {want}")
             results[shape.name] = {
-                "queries": len(latencies), **summary(latencies), "errors": errors[:10],
-                "error_count": len(errors),
+                "queries": len(stats.latencies), **summary(stats.latencies),
+                "errors": errors[:10], "error_count": len(errors),
             }  # fmt: skip
         return results
 
@@ -299,7 +252,7 @@ def database(args: argparse.Namespace) -> Iterator[tuple[str, bool]]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "events": args.events, "authors": args.authors, "tag_values": args.tag_values,
-        "client": args.client, "load_average_before": os.getloadavg(),
+        "load_average_before": os.getloadavg(),
     }  # fmt: skip
     plan = shapes(args.events, args.authors, args.tag_values)
     with tempfile.TemporaryDirectory(prefix="relay-qs-") as tmp, database(args) as (url, fresh):
@@ -326,7 +279,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def table(report: dict[str, Any]) -> str:
     lines = [
         f"{report['events']:,} events, {report['authors']} authors, {report['tag_values']} "
-        f"tag values; client {report['client']}",
+        "tag values",
         f"{'query':<26}{'n':>6}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}  errors",
     ]
     for name, r in report["results"].items():
@@ -343,7 +296,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--authors", type=bounded(1, 100_000), default=1000)
     parser.add_argument("--tag-values", type=bounded(1, 100_000), default=100)
     parser.add_argument("--queries", type=bounded(1, 100_000), default=500)
-    parser.add_argument("--client", choices=("raw", "trio-websocket"), default="raw")
     keep = parser.add_mutually_exclusive_group()
     keep.add_argument("--keep-db", action="store_true")
     keep.add_argument("--reuse-db", metavar="NAME")

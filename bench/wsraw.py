@@ -88,8 +88,15 @@ class RawWebSocket:
             raise WebSocketError("wrong Sec-WebSocket-Accept")
         return cls(stream, leftover)
 
-    async def send_text(self, text: str) -> None:
+    async def send_message(self, text: str) -> None:
         await self.stream.send_all(frame(OP_TEXT, text.encode()))
+
+    async def send_frames(self, frames: bytes) -> None:
+        """Frames made beforehand with `frame`, in one write."""
+        await self.stream.send_all(frames)
+
+    async def get_message(self) -> str:
+        return (await self.receive()).decode()
 
     async def _fill(self, need: int) -> None:
         """Read until `need` bytes are buffered past the read position."""
@@ -97,7 +104,10 @@ class RawWebSocket:
             if self._pos > 1 << 20:
                 del self._buf[: self._pos]
                 self._pos = 0
-            chunk = await self.stream.receive_some(256 * 1024)
+            try:
+                chunk = await self.stream.receive_some(256 * 1024)
+            except trio.BrokenResourceError as exc:
+                raise WebSocketError(f"the connection broke: {exc}") from None
             if not chunk:
                 raise WebSocketError("the server closed the connection")
             self._buf += chunk
