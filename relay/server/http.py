@@ -115,30 +115,6 @@ async def respond(
     await stream.send_all(response_head(status, headers) + body)
 
 
-class ReplayStream(trio.abc.Stream):
-    """A stream that first returns bytes already read from the socket, then the socket."""
-
-    def __init__(self, inner: trio.SocketStream, prefix: bytes) -> None:
-        self.inner = inner
-        self._prefix = prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            size = len(self._prefix) if max_bytes is None else max_bytes
-            data, self._prefix = self._prefix[:size], self._prefix[size:]
-            return data
-        return await self.inner.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
 class BodyTooLarge(Exception):
     """The request body is larger than the route allows."""
 

@@ -13,17 +13,20 @@ from typing import TYPE_CHECKING
 
 import orjson
 import trio
-import trio_websocket
-from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import CloseConnection
 
 from relay.git.smart_http import is_git_path
 from relay.metrics import CONTENT_TYPE as METRICS_TYPE
 from relay.protocol.hosts import normalize_host
-from relay.server.http import BadRequest, ReplayStream, Request, read_request, respond
+from relay.server.http import BadRequest, Request, read_request, respond
 from relay.server.nip11 import information_document
 from relay.server.websocket import ClientConnection
+from relay.server.wsconn import (
+    CLOSE_HANDSHAKE_SECONDS,
+    HandshakeRefused,
+    WebSocket,
+    accept_response,
+    check_upgrade,
+)
 
 if TYPE_CHECKING:
     from relay.app import Relay
@@ -36,9 +39,6 @@ CORS_HEADERS = [
     ("Access-Control-Allow-Headers", "*"),
     ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
 ]
-# Frames trio-websocket may buffer before it stops reading the socket (backpressure).
-WS_QUEUE_MESSAGES = 64
-CLOSE_HANDSHAKE_SECONDS = 1.0
 
 
 async def handle_stream(relay: Relay, stream: trio.SocketStream) -> None:
@@ -115,39 +115,20 @@ async def route(relay: Relay, stream: trio.SocketStream, request: Request) -> No
         )
 
 
-class RelayWebSocket(trio_websocket.WebSocketConnection):
-    """trio-websocket's server connection, sending the close frame of a protocol error.
-
-    When wsproto finds a protocol error in what the client sent (a text frame that is not
-    UTF-8: 1007), trio-websocket 0.12 drops the TCP connection without a close frame;
-    RFC 6455 (7.1.7) wants the endpoint to send one first, so the client learns why.
-    This is `wrap_server_stream` with that one handler extended.
-    """
-
-    async def _handle_close_connection_event(self, event: CloseConnection) -> None:
-        if self._wsproto.state == ConnectionState.OPEN:
-            with contextlib.suppress(Exception):
-                await self._send(CloseConnection(code=event.code, reason=event.reason))
-        await super()._handle_close_connection_event(event)
-
-
 async def serve_websocket(
     relay: Relay, stream: trio.SocketStream, request: Request, community_id: int, host: str
 ) -> None:
-    async with trio.open_nursery() as nursery:
-        connection = RelayWebSocket(
-            ReplayStream(stream, request.raw),
-            WSConnection(ConnectionType.SERVER),
-            message_queue_size=WS_QUEUE_MESSAGES,
-            max_message_size=relay.limits.max_message_bytes,
-        )
-        nursery.start_soon(connection._reader_task)
-        ws_request = await connection._get_request()
-        ws = await ws_request.accept()
-        try:
-            await ClientConnection(relay, ws, community_id, host, peer_ip(stream)).run()
-        finally:
-            with trio.move_on_after(CLOSE_HANDSHAKE_SECONDS) as closing:
-                closing.shield = True
-                await ws.aclose()
-            nursery.cancel_scope.cancel()
+    try:
+        accept, leftover = check_upgrade(request)
+    except HandshakeRefused as refused:
+        body = (refused.reason + "\n").encode()
+        await respond(stream, refused.status, body, extra_headers=refused.headers)
+        return
+    await stream.send_all(accept_response(accept))
+    ws = WebSocket(stream, leftover, relay.limits.max_message_bytes)
+    try:
+        await ClientConnection(relay, ws, community_id, host, peer_ip(stream)).run()
+    finally:
+        with trio.move_on_after(2 * CLOSE_HANDSHAKE_SECONDS) as closing:
+            closing.shield = True
+            await ws.aclose()

@@ -12,8 +12,6 @@ import time
 from typing import TYPE_CHECKING
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
-from wsproto.events import TextMessage
 
 from relay.events.model import Event
 from relay.events.rules import check_auth_event
@@ -21,6 +19,7 @@ from relay.events.side_effects import Verdict
 from relay.protocol import messages as msg
 from relay.protocol.session import Session
 from relay.server.outbox import Outbox
+from relay.server.wsconn import ConnectionClosed, WebSocket
 from relay.store.db import STORE_ERRORS
 
 if TYPE_CHECKING:
@@ -35,29 +34,6 @@ WRITE_BATCH_BYTES = 256 * 1024
 QUERY_FAILED = "error: the query could not be run, try again"
 # Time allowed to tell a slow consumer why it is being disconnected.
 GOODBYE_SECONDS = 5.0
-
-
-async def send_messages(ws: WebSocketConnection, messages: list[str]) -> None:
-    """Several text messages in one write to the socket.
-
-    trio-websocket sends each message with its own write; under load those writes are a
-    large share of the relay's CPU. This frames the messages with the connection's own
-    wsproto state and writes them at once, under the same lock and with the same error
-    handling as `WebSocketConnection._send` (trio-websocket 0.12).
-    """
-    if len(messages) == 1 or not hasattr(ws, "_wsproto"):
-        for message in messages:
-            await ws.send_message(message)
-        return
-    if ws._close_reason:
-        raise ConnectionClosed(ws._close_reason)
-    data = b"".join(ws._wsproto.send(TextMessage(data=m)) for m in messages)
-    async with ws._stream_lock:
-        try:
-            await ws._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await ws._abort_web_socket()
-            raise ConnectionClosed(ws._close_reason) from None
 
 
 class LiveSink:
@@ -89,7 +65,7 @@ class ClientConnection:
     def __init__(
         self,
         relay: Relay,
-        ws: WebSocketConnection,
+        ws: WebSocket,
         community_id: int,
         host: str,
         ip: str = "unknown",
@@ -140,7 +116,7 @@ class ClientConnection:
     async def _write(self, scope: trio.CancelScope) -> None:
         try:
             while True:
-                await send_messages(self.ws, await self.outbox.get_many(WRITE_BATCH_BYTES))
+                await self.ws.send_messages(await self.outbox.get_many(WRITE_BATCH_BYTES))
         except ConnectionClosed:
             scope.cancel()
 
