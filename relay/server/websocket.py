@@ -74,8 +74,10 @@ class ClientConnection:
         self.ws = ws
         self.community_id = community_id
         self.ip = ip
-        # Cancelled on shutdown: stops waiting for the next frame, never a frame in progress.
-        self._waiting_for_frame = trio.CancelScope()
+        # Cancelled on shutdown, and only while waiting for the next frame: never a frame
+        # in progress (one scope for the whole read loop; a scope a frame costs time).
+        self._reading = trio.CancelScope()
+        self._waiting_for_frame = False
         # EVENTs of one connection are ingested concurrently, up to this many at once.
         self._pipeline = trio.Semaphore(PIPELINED_EVENTS)
         self._in_flight = 0
@@ -121,8 +123,10 @@ class ClientConnection:
             scope.cancel()
 
     def stop_reading(self) -> None:
-        """Shutdown: take no new frames; the ones in progress still get their answers."""
-        self._waiting_for_frame.cancel()
+        """Shutdown: take no new frames; the ones in progress still get their answers (the
+        read loop sees the shutdown before it waits again)."""
+        if self._waiting_for_frame:
+            self._reading.cancel()
 
     async def _flush(self) -> None:
         """Let the answers already queued reach the client before the connection ends."""
@@ -143,23 +147,25 @@ class ClientConnection:
                 pass
 
     async def _read(self) -> None:
-        while not self.relay.shutdown.is_set():
-            frame: str | bytes | None = None
-            self._waiting_for_frame = trio.CancelScope()
-            with self._waiting_for_frame:
+        with self._reading:
+            while not self.relay.shutdown.is_set():
+                self._waiting_for_frame = True
                 try:
                     frame = await self.ws.get_message()
                 except ConnectionClosed:
                     return
-            if frame is None:
+                finally:
+                    self._waiting_for_frame = False
+                await self._take(frame)
+
+    async def _take(self, frame: str | bytes) -> None:
+        if isinstance(frame, bytes):
+            try:
+                frame = frame.decode("utf-8")
+            except UnicodeDecodeError:
+                await self.outbox.put(msg.notice("invalid: message is not valid UTF-8"))
                 return
-            if isinstance(frame, bytes):
-                try:
-                    frame = frame.decode("utf-8")
-                except UnicodeDecodeError:
-                    await self.outbox.put(msg.notice("invalid: message is not valid UTF-8"))
-                    continue
-            await self.handle(frame)
+        await self.handle(frame)
 
     async def handle(self, frame: str) -> None:
         parsed = msg.parse_client_message(frame, self.relay.limits)
