@@ -4,9 +4,10 @@ What a client sends is checked as the RFC requires of a server, and every violat
 `ProtocolError` carrying the close code to send:
 
 - 1002: an unmasked frame, a reserved bit set (no extension is ever negotiated), an
-  unknown opcode, a control frame that is fragmented or longer than 125 bytes, a
-  continuation with no message to continue, a new message inside a fragmented one, a
-  close frame with a 1-byte body or a code a peer may not send;
+  unknown opcode, a 64-bit length with its top bit set, a control frame that is
+  fragmented or longer than 125 bytes, a continuation with no message to continue, a new
+  message inside a fragmented one, a close frame with a 1-byte body or a code a peer may
+  not send (anything but 1000-1003, 1007-1014 and 3000-4999);
 - 1007: a text message, or a close reason, that is not UTF-8;
 - 1009: a message (all its fragments together) longer than the limit, refused as soon
   as its frame headers announce it, before its payload is buffered.
@@ -63,7 +64,7 @@ Incoming = Message | Ping | Pong | Close
 
 def _valid_close_code(code: int) -> bool:
     """Codes a peer may put in a close frame (RFC 6455 7.4)."""
-    return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011) or (
+    return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014) or (
         3000 <= code <= 4999
     )
 
@@ -95,8 +96,9 @@ def encode_text(text: str) -> bytes:
 
 
 def encode_close(code: int, reason: str = "") -> bytes:
-    body = struct.pack("!H", code) + reason.encode()[: MAX_CONTROL_PAYLOAD - 2]
-    return encode(OP_CLOSE, body)
+    """A close frame; a long reason is cut to fit 125 bytes, never inside a character."""
+    cut = reason.encode()[: MAX_CONTROL_PAYLOAD - 2].decode("utf-8", "ignore").encode()
+    return encode(OP_CLOSE, struct.pack("!H", code) + cut)
 
 
 class FrameReader:
@@ -143,6 +145,8 @@ class FrameReader:
                     return None
                 length = struct.unpack_from("!Q", buf, pos + 2)[0]
                 header = 10
+                if length >> 63:
+                    raise ProtocolError(PROTOCOL_ERROR, "64-bit length with its top bit set")
             self._check_header(fin, opcode, length)
             if available < header + 4 + length:
                 return None
