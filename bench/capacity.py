@@ -78,6 +78,7 @@ import trio_websocket
 
 from bench import nostr_load as nl
 from bench.common import bounded, free_port, fresh_database, serve_command, spawned_relay
+from bench.wsraw import RawWebSocket, WebSocketError
 
 ROOT = Path(__file__).resolve().parent.parent
 FD_RESERVE = 100  # descriptors kept free for the database pool, logs, listeners, py-spy
@@ -326,6 +327,7 @@ CONNECT_ERRORS = (
     trio.TooSlowError,
     trio_websocket.HandshakeError,
     trio_websocket.ConnectionClosed,
+    WebSocketError,
 )
 
 
@@ -335,7 +337,7 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def read_auth(ws: trio_websocket.WebSocketConnection) -> None:
+async def read_auth(ws: trio_websocket.WebSocketConnection | RawWebSocket) -> None:
     """The relay greets every connection with ``["AUTH", <challenge>]`` (NIP-42)."""
     msg = orjson.loads(await ws.get_message())
     if not (isinstance(msg, list) and msg and msg[0] == "AUTH"):
@@ -363,7 +365,9 @@ async def in_batches(count: int, batch: int, open_one: Any, stats: OpenStats) ->
     stats.open_s = time.perf_counter() - t0
 
 
-async def close_all(sockets: Sequence[trio_websocket.WebSocketConnection], batch: int) -> None:
+async def close_all(
+    sockets: Sequence[trio_websocket.WebSocketConnection | RawWebSocket], batch: int
+) -> None:
     with trio.move_on_after(CLOSE_TIMEOUT):
         for start in range(0, len(sockets), batch):
             async with trio.open_nursery() as group:
@@ -609,12 +613,15 @@ async def subscriber(
     target: nl.Target,
     readers: trio.Nursery,
     fan: Fan,
-    sockets: list[trio_websocket.WebSocketConnection],
+    sockets: list[RawWebSocket],
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Open, subscribe (all EOSEs), report started, then count live copies until closed."""
+    """Open, subscribe (all EOSEs), report started, then count live copies until closed.
+
+    Subscribers use the harness's own client (bench/wsraw.py), which reads each copy with
+    a fraction of a general client's CPU, so the relay keeps more of the shared cores."""
     with trio.fail_after(CONNECT_TIMEOUT):
-        ws = await nl.open_connection(readers, target)
+        ws = await nl.open_raw(target)
         sockets.append(ws)
         await read_auth(ws)
         for sub_id in sub_ids:
@@ -676,13 +683,13 @@ async def subscriber(
                 if rnd.waiting == 0:
                     rnd.last_at = now
                     rnd.done.set()
-    except trio_websocket.ConnectionClosed as exc:
+    except (WebSocketError, trio.BrokenResourceError) as exc:
         fan.live -= 1
         if fan.closing:
             return
         fan.lost += 1
         if len(fan.errors) < MAX_ERRORS_KEPT:
-            fan.errors.append(f"subscriber {index} closed: {exc.reason}")
+            fan.errors.append(f"subscriber {index} closed: {exc}")
 
 
 async def publisher_reader(ws: trio_websocket.WebSocketConnection, fan: Fan) -> None:
@@ -754,7 +761,7 @@ async def fanout_run(
     fan = Fan()
     stats = OpenStats()
     shares = split_subscriptions(subscribers, connections)
-    sockets: list[trio_websocket.WebSocketConnection] = []
+    sockets: list[RawWebSocket] = []
     results: list[dict[str, Any]] = []
     rss_before = rss_kib(pid)
     async with trio.open_nursery() as readers:

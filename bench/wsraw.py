@@ -106,8 +106,8 @@ class RawWebSocket:
                 self._pos = 0
             try:
                 chunk = await self.stream.receive_some(256 * 1024)
-            except trio.BrokenResourceError as exc:
-                raise WebSocketError(f"the connection broke: {exc}") from None
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise WebSocketError(f"the connection ended: {exc}") from None
             if not chunk:
                 raise WebSocketError("the server closed the connection")
             self._buf += chunk
