@@ -57,6 +57,8 @@ class RawWebSocket:
         self.stream = stream
         self._buf = bytearray(leftover)
         self._pos = 0
+        # A pong (sent by whoever is reading) must not interleave with other writes.
+        self._send_lock = trio.Lock()
 
     @classmethod
     async def connect(
@@ -88,12 +90,16 @@ class RawWebSocket:
             raise WebSocketError("wrong Sec-WebSocket-Accept")
         return cls(stream, leftover)
 
+    async def _send(self, data: bytes) -> None:
+        async with self._send_lock:
+            await self.stream.send_all(data)
+
     async def send_message(self, text: str) -> None:
-        await self.stream.send_all(frame(OP_TEXT, text.encode()))
+        await self._send(frame(OP_TEXT, text.encode()))
 
     async def send_frames(self, frames: bytes) -> None:
         """Frames made beforehand with `frame`, in one write."""
-        await self.stream.send_all(frames)
+        await self._send(frames)
 
     async def get_message(self) -> str:
         return (await self.receive()).decode()
@@ -138,7 +144,7 @@ class RawWebSocket:
         while True:
             fin, opcode, payload = await self._frame()
             if opcode == OP_PING:
-                await self.stream.send_all(frame(OP_PONG, payload))
+                await self._send(frame(OP_PONG, payload))
             elif opcode == OP_PONG:
                 continue
             elif opcode == OP_CLOSE:
@@ -153,5 +159,5 @@ class RawWebSocket:
 
     async def aclose(self) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.stream.send_all(frame(OP_CLOSE, struct.pack("!H", 1000)))
+            await self._send(frame(OP_CLOSE, struct.pack("!H", 1000)))
         await self.stream.aclose()

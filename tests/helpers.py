@@ -218,3 +218,30 @@ async def relay_process(
                     proc.kill()
                     with trio.move_on_after(10):
                         await proc.wait()
+
+
+def client_frame(
+    opcode: int,
+    payload: bytes = b"",
+    *,
+    fin: bool = True,
+    rsv: int = 0,
+    masked: bool = True,
+    length: int | None = None,
+    mask: bytes | None = None,
+) -> bytes:
+    """One websocket client frame built by hand (RFC 6455 5.2), so its bytes can be
+    anything a test needs; `length` overrides the announced payload length."""
+    size = len(payload) if length is None else length
+    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
+    mask_bit = 0x80 if masked else 0
+    if size < 126:
+        head = bytes((b0, mask_bit | size))
+    elif size < 1 << 16:
+        head = bytes((b0, mask_bit | 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((b0, mask_bit | 127)) + size.to_bytes(8, "big")
+    if not masked:
+        return head + payload
+    key = mask if mask is not None else os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))

@@ -26,6 +26,7 @@ from tests.helpers import (
     RECEIVE_TIMEOUT,
     NostrClient,
     RelayUnderTest,
+    client_frame,
     connect,
     make_event,
     new_key,
@@ -504,20 +505,6 @@ async def test_valid_json_in_binary_frame_is_handled(relay: RelayUnderTest) -> N
     await assert_stored_exactly(relay, event)
 
 
-def masked_frame(opcode: int, payload: bytes) -> bytes:
-    """One final client frame built by hand (RFC 6455 §5.2), so its bytes can be anything."""
-    mask = os.urandom(4)
-    size = len(payload)
-    if size < 126:
-        header = bytes([0x80 | opcode, 0x80 | size])
-    elif size < 1 << 16:
-        header = bytes([0x80 | opcode, 0x80 | 126]) + size.to_bytes(2, "big")
-    else:
-        header = bytes([0x80 | opcode, 0x80 | 127]) + size.to_bytes(8, "big")
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return header + mask + masked
-
-
 class RawWebsocket:
     """A websocket client on a bare trio socket: wsproto for the handshake and for reading."""
 
@@ -566,7 +553,7 @@ async def test_invalid_utf8_in_text_frame_fails_the_connection_with_1007(
     event = bad_event()
     payload = dumps(["EVENT", event.to_dict()]).encode().replace(b"bad-input", b"bad-\xff\xfe")
     async with raw_websocket(relay.port) as raw:
-        await raw.stream.send_all(masked_frame(0x1, payload))
+        await raw.stream.send_all(client_frame(0x1, payload))
         assert await raw.wait_closed() == 1007
     await assert_stored_exactly(relay)
     # The relay itself carries on.
@@ -578,7 +565,7 @@ async def test_hand_built_valid_text_frame_is_accepted(relay: RelayUnderTest) ->
     """The raw client above is sound: the same frame with valid UTF-8 is stored."""
     event = make_event(tags=[["t", "raw"]])
     async with raw_websocket(relay.port) as raw:
-        await raw.stream.send_all(masked_frame(0x1, dumps(["EVENT", event.to_dict()]).encode()))
+        await raw.stream.send_all(client_frame(0x1, dumps(["EVENT", event.to_dict()]).encode()))
         with trio.fail_after(RECEIVE_TIMEOUT):
             while not any(t.startswith('["OK"') for t in raw.texts):
                 raw.ws.receive_data(await raw.stream.receive_some(65536))

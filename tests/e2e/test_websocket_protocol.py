@@ -18,7 +18,7 @@ import orjson
 import pytest
 import trio
 
-from tests.helpers import RelayUnderTest, connect
+from tests.helpers import RelayUnderTest, client_frame, connect
 
 WAIT = 5.0  # the longest any single step may take
 RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 section 1.3
@@ -48,26 +48,6 @@ def upgrade_request(
         lines.append(f"Sec-WebSocket-Version: {version}")
     lines += extra
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def client_frame(
-    opcode: int, payload: bytes = b"", *, fin: bool = True, masked: bool = True,
-    length: int | None = None,
-) -> bytes:  # fmt: skip
-    """One client frame built by hand; `length` overrides the announced payload length."""
-    size = len(payload) if length is None else length
-    b0 = (0x80 if fin else 0) | opcode
-    mask_bit = 0x80 if masked else 0
-    if size < 126:
-        head = bytes((b0, mask_bit | size))
-    elif size < 1 << 16:
-        head = bytes((b0, mask_bit | 126)) + struct.pack("!H", size)
-    else:
-        head = bytes((b0, mask_bit | 127)) + struct.pack("!Q", size)
-    if not masked:
-        return head + payload
-    mask = os.urandom(4)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 def text_frame(value: object, **kwargs: bool) -> bytes:

@@ -7,11 +7,13 @@ server frames are decoded by hand (they are never masked).
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 
 from relay.server import frames
 from relay.server.frames import Close, FrameReader, Message, Ping, Pong, ProtocolError
+from tests import helpers
 
 MASK = b"\x37\xfa\x21\x3d"
 LIMIT = 1000
@@ -20,29 +22,8 @@ OP_CONT, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
 OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
 
 
-def client_frame(
-    opcode: int,
-    payload: bytes = b"",
-    *,
-    fin: bool = True,
-    rsv: int = 0,
-    masked: bool = True,
-    length: int | None = None,
-) -> bytes:
-    """One client frame; `length` overrides the announced payload length."""
-    size = len(payload) if length is None else length
-    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
-    mask_bit = 0x80 if masked else 0
-    if size < 126:
-        head = bytes((b0, mask_bit | size))
-    elif size < 1 << 16:
-        head = bytes((b0, mask_bit | 126)) + struct.pack("!H", size)
-    else:
-        head = bytes((b0, mask_bit | 127)) + struct.pack("!Q", size)
-    if not masked:
-        return head + payload
-    body = bytes(b ^ MASK[i % 4] for i, b in enumerate(payload))
-    return head + MASK + body
+def client_frame(opcode: int, payload: bytes = b"", **options: Any) -> bytes:
+    return helpers.client_frame(opcode, payload, mask=MASK, **options)
 
 
 def read_all(data: bytes, limit: int = LIMIT) -> list[frames.Incoming]:
