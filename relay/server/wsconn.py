@@ -88,11 +88,14 @@ def accept_response(accept: str) -> bytes:
 
 
 class WebSocket:
-    def __init__(self, stream: trio.abc.Stream, leftover: bytes, max_message_bytes: int) -> None:
+    def __init__(self, stream: trio.SocketStream, leftover: bytes, max_message_bytes: int) -> None:
         self.stream = stream
         self._reader = frames.FrameReader(max_message_bytes)
         self._reader.feed(leftover)
         self._send_lock = trio.Lock()
+        # The rest of a write cancelled part-way (a slow consumer being dropped): it goes
+        # out first next time, so the client never gets a cut frame followed by another.
+        self._unsent = b""
         self._close_sent = False
         self._failed = False  # the client broke the protocol: its bytes are not frames
         self.closed: ConnectionClosed | None = None
@@ -143,10 +146,22 @@ class WebSocket:
             raise self.closed or ConnectionClosed(frames.ABNORMAL, "closing")
         async with self._send_lock:
             try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._write(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 self.closed = ConnectionClosed(frames.ABNORMAL, "the connection was lost")
                 raise self.closed from None
+
+    async def _write(self, data: bytes) -> None:
+        """Write whole; if cancelled part-way, keep what is left for the next write."""
+        view = memoryview(self._unsent + data if self._unsent else data)
+        self._unsent = b""
+        sock = self.stream.socket
+        try:
+            while view:
+                view = view[await sock.send(view) :]
+        except BaseException:
+            self._unsent = bytes(view)
+            raise
 
     async def _send_close(self, code: int, reason: str) -> None:
         if self._close_sent:
@@ -157,8 +172,10 @@ class WebSocket:
         with trio.move_on_after(CLOSE_HANDSHAKE_SECONDS) as scope:
             scope.shield = True
             async with self._send_lock:
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await self.stream.send_all(frames.encode_close(code, reason))
+                with contextlib.suppress(
+                    trio.BrokenResourceError, trio.ClosedResourceError, OSError
+                ):
+                    await self._write(frames.encode_close(code, reason))
 
     async def aclose(self, code: int = frames.NORMAL, reason: str = "") -> None:
         """Send a close frame (once) and wait, briefly, for the client to answer or leave;
