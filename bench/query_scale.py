@@ -56,6 +56,7 @@ from bench.common import (
     ADMIN_URL,
     ROOT,
     SetupError,
+    admin,
     bounded,
     free_port,
     fresh_database,
@@ -238,10 +239,8 @@ def database(args: argparse.Namespace) -> Iterator[tuple[str, bool]]:
     elif args.keep_db:
         with fresh_database("relay_bench_qs") as url:
             yield url, True
-            # Keep it: re-create the name so the drop on the way out finds nothing.
+            # Keep it: renamed, the drop on the way out finds nothing to drop.
             kept = url.rpartition("/")[2] + "_kept"
-            from bench.common import admin
-
             admin(f"ALTER DATABASE {url.rpartition('/')[2]} RENAME TO {kept}")
             print(f"kept database {kept}", file=sys.stderr)
     else:

@@ -154,13 +154,12 @@ async def publish(
     packs = list(parent.packs)
     tips = sorted(set(refs.values()))
     if tips:
-        full = len(set(packs)) + len(received_packs(ws)) >= COMPACT_AT_PACKS
+        new = received_packs(ws)
+        full = len(set(packs)) + len(new) >= COMPACT_AT_PACKS
         if full or has_loose_objects(ws):
             negatives = {f"^{oid}" for oid in parent.refs.values()} - {f"^{t}" for t in tips}
             built = await _build_pack(ws, tips if full else tips + sorted(negatives), limits)
             new = [built] if built is not None else []
-        else:
-            new = received_packs(ws)
         added = sum(p.stat().st_size for p in new)
         if ws.hydrated_bytes + added > limits.max_repo_bytes and not full:
             raise ResourceLimit(f"the repository would exceed {limits.max_repo_bytes} bytes")

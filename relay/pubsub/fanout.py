@@ -55,8 +55,7 @@ class Fanout:
         index = self._index.get(community_id)
         if index is not None:
             index.remove_holder(sink)
-            if not len(index):
-                del self._index[community_id]
+            self._drop_if_empty(community_id, index)
 
     def subscribe(
         self, community_id: int, sink: Sink, sub_id: str, filters: tuple[Filter, ...]
@@ -68,8 +67,11 @@ class Fanout:
         index = self._index.get(community_id)
         if index is not None:
             index.remove(sink, sub_id)
-            if not len(index):
-                del self._index[community_id]
+            self._drop_if_empty(community_id, index)
+
+    def _drop_if_empty(self, community_id: int, index: SubscriptionIndex[Sink]) -> None:
+        if not len(index):
+            del self._index[community_id]
 
     def publish(self, community_id: int, event: Event, raw: str) -> None:
         """An event this pod accepted: to its own subscribers, then to the other pods."""
