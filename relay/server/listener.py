@@ -13,20 +13,16 @@ from typing import TYPE_CHECKING
 
 import orjson
 import trio
+import trio_websocket
 
 from relay.git.smart_http import is_git_path
 from relay.metrics import CONTENT_TYPE as METRICS_TYPE
 from relay.protocol.hosts import normalize_host
 from relay.server.http import BadRequest, Request, read_request, respond
 from relay.server.nip11 import information_document
+from relay.server.upgrade import HandshakeRefused, check_upgrade
 from relay.server.websocket import ClientConnection
-from relay.server.wsconn import (
-    CLOSE_HANDSHAKE_SECONDS,
-    HandshakeRefused,
-    WebSocket,
-    accept_response,
-    check_upgrade,
-)
+from relay.server.wsstream import CLOSE_HANDSHAKE_SECONDS, RECEIVE_BYTES, WebSocketStream
 
 if TYPE_CHECKING:
     from relay.app import Relay
@@ -34,6 +30,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NIP11_TYPE = "application/nostr+json"
+# Messages trio-websocket may parse ahead of the relay before it stops reading the socket
+# (TCP then holds the client back); at most this many times RELAY_MAX_MESSAGE_BYTES.
+QUEUED_MESSAGES = 16
+HANDSHAKE_SECONDS = 10.0
 CORS_HEADERS = [
     ("Access-Control-Allow-Origin", "*"),
     ("Access-Control-Allow-Headers", "*"),
@@ -119,16 +119,34 @@ async def serve_websocket(
     relay: Relay, stream: trio.SocketStream, request: Request, community_id: int, host: str
 ) -> None:
     try:
-        accept, leftover = check_upgrade(request)
+        frames = check_upgrade(request)
     except HandshakeRefused as refused:
         body = (refused.reason + "\n").encode()
         await respond(stream, refused.status, body, extra_headers=refused.headers)
         return
-    await stream.send_all(accept_response(accept))
-    ws = WebSocket(stream, leftover, relay.limits.max_message_bytes)
+    wire = WebSocketStream(stream, request.raw, frames, relay.limits.max_message_bytes)
+    del request, frames
+    ws: trio_websocket.WebSocketConnection | None = None
     try:
-        await ClientConnection(relay, ws, community_id, host, peer_ip(stream)).run()
+        async with trio.open_nursery() as nursery:  # trio-websocket's reader task
+            # The request was checked above, so trio-websocket's handshake succeeds; the
+            # deadline only guards against a client that stops in the middle of it.
+            with trio.move_on_after(HANDSHAKE_SECONDS):
+                ws_request = await trio_websocket.wrap_server_stream(
+                    nursery, wire, message_queue_size=QUEUED_MESSAGES,
+                    max_message_size=relay.limits.max_message_bytes,
+                    receive_buffer_size=RECEIVE_BYTES,
+                )  # fmt: skip
+                ws = await ws_request.accept()
+            try:
+                if ws is not None:
+                    client = ClientConnection(relay, ws, wire, community_id, host, peer_ip(stream))
+                    await client.run()
+            finally:
+                with trio.move_on_after(2 * CLOSE_HANDSHAKE_SECONDS) as closing:
+                    closing.shield = True
+                    if ws is not None:
+                        await ws.aclose()
+                nursery.cancel_scope.cancel()
     finally:
-        with trio.move_on_after(2 * CLOSE_HANDSHAKE_SECONDS) as closing:
-            closing.shield = True
-            await ws.aclose()
+        await wire.finish(ws.closed if ws is not None else None)

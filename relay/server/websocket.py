@@ -1,7 +1,8 @@
-"""One websocket connection: reads frames from its first byte, answers each in order.
+"""One websocket connection: reads messages from its first byte, answers each in order.
 
-The reader never races an admission check: frames are taken off the socket one at a time
-and each gets its answer (OK, CLOSED, NOTICE, EOSE, COUNT) before the next is read.
+The reader never races an admission check: messages are taken from trio-websocket one at
+a time and each gets its answer (OK, CLOSED, NOTICE, EOSE, COUNT) before the next is
+taken; trio-websocket parses only a bounded number ahead (then TCP holds the client back).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from relay.events.model import Event
 from relay.events.rules import check_auth_event
@@ -19,7 +21,7 @@ from relay.events.side_effects import Verdict
 from relay.protocol import messages as msg
 from relay.protocol.session import Session
 from relay.server.outbox import Outbox
-from relay.server.wsconn import ConnectionClosed, WebSocket
+from relay.server.wsstream import WebSocketStream
 from relay.store.db import STORE_ERRORS
 
 if TYPE_CHECKING:
@@ -65,13 +67,15 @@ class ClientConnection:
     def __init__(
         self,
         relay: Relay,
-        ws: WebSocket,
+        ws: WebSocketConnection,
+        wire: WebSocketStream,
         community_id: int,
         host: str,
         ip: str = "unknown",
     ) -> None:
         self.relay = relay
         self.ws = ws
+        self.wire = wire
         self.community_id = community_id
         self.ip = ip
         # Cancelled on shutdown, and only while waiting for the next frame: never a frame
@@ -118,7 +122,8 @@ class ClientConnection:
     async def _write(self, scope: trio.CancelScope) -> None:
         try:
             while True:
-                await self.ws.send_messages(await self.outbox.get_many(WRITE_BATCH_BYTES))
+                batch = await self.outbox.get_many(WRITE_BATCH_BYTES)
+                await self.wire.send_messages(self.ws, batch)
         except ConnectionClosed:
             scope.cancel()
 
