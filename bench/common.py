@@ -104,13 +104,15 @@ def spawned_relay(
     *,
     error: type[Exception] = SetupError,
     stop_timeout: float = 30.0,
+    cwd: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a relay in its own process group until it listens on 127.0.0.1:`port`; on the
-    way out SIGTERM (then SIGKILL) the group and report any error lines it logged."""
+    """Run a relay in its own process group (in `cwd`, default the repository root) until
+    it listens on 127.0.0.1:`port`; on the way out SIGTERM (then SIGKILL) the group and
+    report any error lines it logged."""
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=cwd or ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log_file,

@@ -92,8 +92,14 @@ def log(message: str) -> None:
 
 @contextlib.contextmanager
 def our_relay(
-    database_url: str, work: Path, extra_env: dict[str, str] | None = None
+    database_url: str,
+    work: Path,
+    extra_env: dict[str, str] | None = None,
+    *,
+    command: list[str] | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[str]:
+    """`relay serve` (or `command`, run in `cwd`) on a free loopback port; yields its URL."""
     port = free_port()
     env = {
         **os.environ,
@@ -107,8 +113,8 @@ def our_relay(
         **(extra_env or {}),
     }
     with spawned_relay(
-        serve_command(), env, port, work / "relay.log",
-        error=CompareError, stop_timeout=RELAY_STOP_TIMEOUT,
+        command or serve_command(), env, port, work / "relay.log",
+        error=CompareError, stop_timeout=RELAY_STOP_TIMEOUT, cwd=cwd,
     ):  # fmt: skip
         yield f"ws://127.0.0.1:{port}/"
 
