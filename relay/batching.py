@@ -1,10 +1,17 @@
 """Micro-batching: callers submit one item and wait for its own result, while a few worker
 tasks process whatever has queued up meanwhile as one batch (one database crossing, one
 thread hop). Under load batches grow by themselves; when idle, a lone item goes at once.
+
+A submitter may bound its wait: past its timeout it gets BatchTimeout (its item is still
+processed). The deadlines are checked once a second by one task, rather than by a cancel
+scope a submitter (which costs about 10 µs of the event loop each, a tenth of an event's
+whole ingest).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,9 +23,19 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+# How often submitters' deadlines are checked: a timeout ends between its length and this
+# much later.
+EXPIRY_CHECK_SECONDS = 1.0
+
+
+class BatchTimeout(Exception):
+    """The item's batch did not finish within the submitter's timeout."""
+
+
 @dataclass
 class _Pending(Generic[T, R]):
     item: T
+    deadline: float
     done: trio.Event = field(default_factory=trio.Event)
     result: R | None = None
     error: BaseException | None = None
@@ -36,13 +53,15 @@ class Batcher(Generic[T, R]):
         self.max_batch = max_batch
         self.workers = workers
         self._queue: deque[_Pending[T, R]] = deque()
+        self._in_flight: dict[int, list[_Pending[T, R]]] = {}  # by id(): one a worker
         self._wake = trio.Event()
         self.running = False
         self.batches = 0
         self.items = 0
 
-    async def submit(self, item: T) -> R:
-        pending: _Pending[T, R] = _Pending(item)
+    async def submit(self, item: T, timeout: float | None = None) -> R:
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        pending: _Pending[T, R] = _Pending(item, deadline)
         self._queue.append(pending)
         self._wake.set()
         # Once queued the item is processed even if this waiter goes away.
@@ -57,6 +76,7 @@ class Batcher(Generic[T, R]):
             async with trio.open_nursery() as nursery:
                 for _ in range(self.workers):
                     nursery.start_soon(self._work_forever)
+                nursery.start_soon(self._expire_forever)
         finally:
             self.running = False
 
@@ -66,6 +86,7 @@ class Batcher(Generic[T, R]):
                 self._wake = trio.Event()
                 await self._wake.wait()
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
+            self._in_flight[id(batch)] = batch
             try:
                 # Shielded: a batch in flight completes, so no submitter is left unanswered.
                 with trio.CancelScope(shield=True):
@@ -75,8 +96,19 @@ class Batcher(Generic[T, R]):
                     pending.error = exc
                     pending.done.set()
                 continue
+            finally:
+                del self._in_flight[id(batch)]
             self.batches += 1
             self.items += len(batch)
             for pending, result in zip(batch, results, strict=True):
                 pending.result = result
                 pending.done.set()
+
+    async def _expire_forever(self) -> None:
+        while True:
+            await trio.sleep(EXPIRY_CHECK_SECONDS)
+            now = trio.current_time()
+            for pending in itertools.chain(self._queue, *self._in_flight.values()):
+                if pending.deadline <= now and not pending.done.is_set():
+                    pending.error = BatchTimeout("not processed in time")
+                    pending.done.set()

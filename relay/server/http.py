@@ -35,7 +35,20 @@ class Request:
     target: str
     headers: dict[str, str]
     raw: bytes  # every byte read from the socket so far
-    conn: h11.Connection
+    conn: h11.Connection | None  # None once `hand_over` gave the bytes away
+
+    def hand_over(self) -> bytes:
+        """Every byte read so far, for a protocol that takes over the connection (a
+        websocket); the request keeps neither them nor its parser, which a long-lived
+        connection would otherwise carry to its end."""
+        raw, self.raw, self.conn = self.raw, b"", None
+        return raw
+
+    @property
+    def parser(self) -> h11.Connection:
+        if self.conn is None:
+            raise BadRequest(500, "the request was handed over to another protocol")
+        return self.conn
 
     @property
     def path(self) -> str:
@@ -127,7 +140,7 @@ async def read_body(
     Answers `Expect: 100-continue` first. Raises BodyTooLarge past `max_bytes` and
     BadRequest when the client stops before the end of the body.
     """
-    conn = request.conn
+    conn = request.parser
     if conn.they_are_waiting_for_100_continue:
         await stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
     total = 0

@@ -124,8 +124,8 @@ async def serve_websocket(
         body = (refused.reason + "\n").encode()
         await respond(stream, refused.status, body, extra_headers=refused.headers)
         return
-    wire = WebSocketStream(stream, request.raw, frames, relay.limits.max_message_bytes)
-    del request, frames
+    wire = WebSocketStream(stream, request.hand_over(), frames, relay.limits.max_message_bytes)
+    del frames
     ws: trio_websocket.WebSocketConnection | None = None
     try:
         async with trio.open_nursery() as nursery:  # trio-websocket's reader task

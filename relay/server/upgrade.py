@@ -48,7 +48,7 @@ def check_upgrade(request: Request) -> bytes:
 
 
 def _after_head(request: Request) -> bytes:
-    conn = request.conn
+    conn = request.parser
     while True:
         event = conn.next_event()
         if event is h11.PAUSED:  # the head asked for a protocol switch: the rest is frames

@@ -82,10 +82,15 @@ class ClientConnection:
         # in progress (one scope for the whole read loop; a scope a frame costs time).
         self._reading = trio.CancelScope()
         self._waiting_for_frame = False
-        # EVENTs of one connection are ingested concurrently, up to this many at once.
-        self._pipeline = trio.Semaphore(PIPELINED_EVENTS)
+        # EVENTs of one connection are ingested concurrently, up to this many at once, by
+        # worker tasks that take one EVENT after another while the client keeps sending
+        # (a task an EVENT costs time) and end when none is left in flight.
         self._in_flight = 0
-        self._settled = trio.Event()
+        self._queued: list[Event] = []  # at most PIPELINED_EVENTS; a deque costs 600 bytes
+        self._workers = 0
+        self._idle_workers = trio.lowlevel.ParkingLot()
+        # Where the reading task waits for room in the pipeline, or for it to empty.
+        self._reader_waiting = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery
         self.session = Session(host=host, limits=relay.limits)
         self.outbox = Outbox(relay.limits.max_outbound_bytes)
@@ -178,9 +183,7 @@ class ClientConnection:
         if isinstance(parsed, msg.Refusal):
             await out.put(parsed.reply)
         elif isinstance(parsed, msg.ClientEvent):
-            await self._pipeline.acquire()
-            self._in_flight += 1
-            self._nursery.start_soon(self._submit, parsed.event)
+            await self._admit(parsed.event)
             return
         # Anything else sees the effect of every EVENT this client sent before it.
         await self._events_settled()
@@ -205,6 +208,28 @@ class ClientConnection:
         elif isinstance(parsed, msg.ClientAuth):
             await self._authenticate(parsed.event)
 
+    async def _admit(self, event: Event) -> None:
+        while self._in_flight >= PIPELINED_EVENTS:
+            await self._reader_waiting.park()
+        self._in_flight += 1
+        self._queued.append(event)
+        if self._idle_workers:
+            self._idle_workers.unpark()
+        elif self._workers < self._in_flight:
+            self._workers += 1
+            self._nursery.start_soon(self._work)
+
+    async def _work(self) -> None:
+        try:
+            while True:
+                while self._queued:
+                    await self._submit(self._queued.pop(0))
+                if not self._in_flight:
+                    return
+                await self._idle_workers.park()
+        finally:
+            self._workers -= 1
+
     async def _submit(self, event: Event) -> None:
         """One EVENT, concurrently with the client's next frames (OKs may come out of
         order, matched by id as NIP-01 intends)."""
@@ -219,15 +244,15 @@ class ClientConnection:
             self.relay.metrics.count_verdict(verdict.accepted, verdict.message)
             await self.outbox.put(msg.ok(event.id, verdict.accepted, verdict.message))
         finally:
-            self._pipeline.release()
             self._in_flight -= 1
+            if self._reader_waiting:
+                self._reader_waiting.unpark()
             if self._in_flight == 0:
-                self._settled.set()
-                self._settled = trio.Event()
+                self._idle_workers.unpark_all()
 
     async def _events_settled(self) -> None:
         while self._in_flight:
-            await self._settled.wait()
+            await self._reader_waiting.park()
 
     async def _allowed(self, action: str) -> bool:
         """Per IP, and per authenticated pubkey as well once the client has AUTHed."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from collections import deque
 
 import trio
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
@@ -57,7 +56,7 @@ class WebSocketStream(trio.abc.Stream):
         self._early = frames
         self._guard = MessageSizeGuard(limit)
         self._answered: trio.Event | None = trio.Event()
-        self._pending: deque[bytes] = deque()
+        self._pending: list[bytes] = []  # a list, not a deque: 56 bytes while empty
         self._writing = trio.Lock()
         self._holding = False
         self._close_sent = False
@@ -79,8 +78,16 @@ class WebSocketStream(trio.abc.Stream):
         elif self._guard.refused or self._released:
             return b""  # to trio-websocket the connection ends; `finish` ends it for real
         else:
-            data = await self._stream.receive_some(max_bytes)
+            data = await self._receive(max_bytes or RECEIVE_BYTES)
         return data[: self._guard.accept(data)]
+
+    async def _receive(self, max_bytes: int) -> bytes:
+        # The socket itself, as writes go: an idle connection waits here for its life, and
+        # SocketStream.receive_some would keep two more frames and a context manager.
+        try:
+            return await self._stream.socket.recv(max_bytes)
+        except OSError as exc:
+            raise trio.BrokenResourceError("the connection was lost") from exc
 
     # -- what trio-websocket writes ----------------------------------------------------------
 
@@ -114,7 +121,8 @@ class WebSocketStream(trio.abc.Stream):
         try:
             sock = self._stream.socket
             while self._pending:
-                data = self._pending.popleft() if len(self._pending) == 1 else self._joined()
+                data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+                self._pending.clear()
                 view = memoryview(data)
                 try:
                     while view:
@@ -124,15 +132,10 @@ class WebSocketStream(trio.abc.Stream):
                     raise trio.BrokenResourceError("the connection was lost") from exc
                 except BaseException:
                     if view:
-                        self._pending.appendleft(bytes(view))
+                        self._pending.insert(0, bytes(view))
                     raise
         finally:
             self._writing.release()
-
-    def _joined(self) -> bytes:
-        data = b"".join(self._pending)
-        self._pending.clear()
-        return data
 
     # -- what the relay adds -----------------------------------------------------------------
 

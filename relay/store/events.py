@@ -68,7 +68,11 @@ class GroupWriter(Protocol):
 
     def accepts(self, event: Event) -> bool: ...
 
-    async def save(self, community_id: int, event: Event, raw: str) -> SaveResult: ...
+    async def save(
+        self, community_id: int, event: Event, raw: str, timeout: float | None = None
+    ) -> SaveResult:
+        """BatchTimeout once `timeout` seconds pass (the event may still be stored)."""
+        ...
 
 
 RemovalHook = Callable[[Connection, int, tuple[Coordinate, ...]], Awaitable[None]]
@@ -370,9 +374,16 @@ class EventStore:
         """Run `hook` in the transaction that removes addressable or replaceable events."""
         self.removal_hooks = (*self.removal_hooks, hook)
 
-    async def save(self, community_id: int, event: Event, raw: str) -> SaveResult:
+    def group_for(self, event: Event) -> GroupWriter | None:
+        """The group-commit writer that stores `event`, if one runs and takes it."""
         group = self.group
         if group is not None and group.running and group.accepts(event):
+            return group
+        return None
+
+    async def save(self, community_id: int, event: Event, raw: str) -> SaveResult:
+        group = self.group_for(event)
+        if group is not None:
             return await group.save(community_id, event, raw)
         return (await self.save_together(community_id, [(event, raw)]))[0]
 

@@ -105,8 +105,10 @@ class GroupCommit(Batcher[Pending, SaveResult]):
     def accepts(event: Event) -> bool:
         return batchable(event)
 
-    async def save(self, community_id: int, event: Event, raw: str) -> SaveResult:
-        return await self.submit(Pending(community_id, event, raw))
+    async def save(
+        self, community_id: int, event: Event, raw: str, timeout: float | None = None
+    ) -> SaveResult:
+        return await self.submit(Pending(community_id, event, raw), timeout)
 
     async def _write(self, batch: list[Pending]) -> list[SaveResult]:
         return [SaveResult(outcome) for outcome in await self.db.run(save_regular, batch)]

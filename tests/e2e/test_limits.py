@@ -6,11 +6,16 @@ the relay actually enforces.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 import trio
@@ -385,3 +390,58 @@ async def test_stalled_consumer_that_never_reads_again_is_still_closed(
     received = [f[2]["id"] for f in frames if f[0] == "EVENT"]
     assert len(received) < len(published)
     assert received == published[: len(received)]
+
+
+# -- the ingest timeout ------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def events_table_locked(db_url: str) -> AsyncIterator[None]:
+    """Another session holds an exclusive lock on `events`: Postgres answers no write to it
+    until the block ends (a real stall, not a fake one)."""
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        async def run() -> None:
+            conn = await asyncpg.connect(db_url)
+            try:
+                async with conn.transaction():
+                    await conn.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+                    locked.set()
+                    await asyncio.get_running_loop().run_in_executor(None, release.wait)
+            finally:
+                await conn.close()
+
+        asyncio.run(run())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, hold)
+        with trio.fail_after(RECEIVE_TIMEOUT):
+            await trio.to_thread.run_sync(locked.wait)
+        try:
+            yield
+        finally:
+            release.set()
+
+
+TIMED_OUT = "error: storing the event took too long, try again"
+
+
+# kind 1 waits in the group commit, kind 0 (replaceable) is stored one at a time: both are
+# bounded by RELAY_INGEST_TIMEOUT_SECONDS.
+@pytest.mark.parametrize("kind", [1, 0])
+async def test_an_event_not_stored_in_time_gets_ok_false(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path, kind: int
+) -> None:
+    relay = await start_relay(nursery, db_url, tmp_path, ingest_timeout_seconds=1)
+    event = make_event(kind=kind)
+    async with events_table_locked(db_url), connect(relay.port) as client:
+        started = trio.current_time()
+        assert await client.publish(event) == ["OK", event.id, False, TIMED_OUT]
+        assert trio.current_time() - started >= 1
+    # Postgres answers again: the relay serves as before, and the same event sent again is
+    # stored (or was, once the lock went: then it is a duplicate).
+    async with connect(relay.port) as client:
+        answer = await client.publish(event)
+        assert answer[:3] == ["OK", event.id, True]
+    assert event.id in await stored_ids(relay)

@@ -1,0 +1,60 @@
+"""Batcher: a submitter's timeout ends its wait, not its item's processing."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from relay.batching import EXPIRY_CHECK_SECONDS, Batcher, BatchTimeout
+
+
+async def test_a_submitter_past_its_timeout_gets_batch_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    release = trio.Event()
+    processed: list[str] = []
+
+    async def process(items: list[str]) -> list[str]:
+        await release.wait()  # the batch hangs, as a stalled database would
+        processed.extend(items)
+        return items
+
+    batcher: Batcher[str, str] = Batcher(process, max_batch=10, workers=1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(batcher.run)
+        start = trio.current_time()
+        with pytest.raises(BatchTimeout):
+            await batcher.submit("late", timeout=5)
+        assert 5 <= trio.current_time() - start <= 5 + EXPIRY_CHECK_SECONDS
+        release.set()
+        # The timed-out item is still processed, and the batcher carries on.
+        assert await batcher.submit("next", timeout=5) == "next"
+        assert processed == ["late", "next"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_without_a_timeout_a_submitter_waits_for_its_batch(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    release = trio.Event()
+
+    async def process(items: list[int]) -> list[int]:
+        await release.wait()
+        return [i * 2 for i in items]
+
+    batcher: Batcher[int, int] = Batcher(process, max_batch=10, workers=1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(batcher.run)
+        results: list[int] = []
+
+        async def submit() -> None:
+            results.append(await batcher.submit(21))
+
+        nursery.start_soon(submit)
+        await trio.sleep(3600)
+        assert results == []
+        release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert results == [42]
+        nursery.cancel_scope.cancel()
