@@ -33,6 +33,11 @@ The numbers (bench.nostr_load's publish report, measured in this process):
 * events/s: events accepted (OK true) divided by the time from the first event sent to
   the last OK received, on all connections together;
 * OK latency p50: the median time from sending an event to receiving its OK;
+* process CPU per accepted event (our relays only): user + system CPU time of the process
+  listening on the relay's port (all its threads: signature checks run in worker threads),
+  read from /proc just before and just after the run, divided by the events accepted;
+  main thread CPU per event: the same for its first thread (the relay's event loop).
+  These depend less than events/s on what else the machine runs at the time;
 * each cell is the median of the runs [minimum-maximum]; the last columns divide the
   current checkout's median by the baseline's and by the peer's (events/s: above 1 is
   faster; latency: below 1 is faster).
@@ -57,16 +62,24 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import trio_websocket
 
 from bench import nostr_load as nl
-from bench.common import ROOT, SetupError, bounded, fresh_database
+from bench.common import (
+    ROOT,
+    SetupError,
+    bounded,
+    cpu_seconds,
+    fresh_database,
+    listening_pid,
+)
 from bench.compare import (
     INGEST_KEYS,
     INGEST_TIMEOUT,
@@ -191,6 +204,11 @@ def checkout_relay(stack: contextlib.ExitStack, checkout: Checkout) -> str:
 def measure(plan: Plan, urls: dict[str, str]) -> dict[str, Any]:
     names = list(urls)
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {name: {"ingest": []} for name in names}
+    # CPU is read for our relays only: the peer's work is not all in the listening process.
+    pids = {
+        name: None if name == PEER else listening_pid(urlsplit(url).port or 0)
+        for name, url in urls.items()
+    }
     problems: list[str] = []
     for run in range(plan.runs):
         t0 = time.perf_counter()
@@ -202,13 +220,44 @@ def measure(plan: Plan, urls: dict[str, str]) -> dict[str, Any]:
             f"order {', '.join(order)} (signed in {time.perf_counter() - t0:.1f} s)"
         )
         for name in order:
+            pid = pids[name]
+            before = _cpu(pid)
             report = ingest(urls[name], batch, plan.connections, plan.window, INGEST_TIMEOUT)
+            report["cpu_s"] = _cpu_used(before, _cpu(pid))
             raw[name]["ingest"].append(report)
             line = nl.publish_line(report)
             log(f"  {name}: {line}")
             if not publish_complete(report):
                 problems.append(f"{name} run {run + 1}: {line}")
     return {"raw": raw, "problems": problems}
+
+
+def _cpu(pid: int | None) -> tuple[float, float] | None:
+    """(process, main thread) CPU seconds of the relay listening as `pid`, if it is known."""
+    if pid is None:
+        return None
+    try:
+        return cpu_seconds(pid), cpu_seconds(pid, pid)
+    except OSError:
+        return None
+
+
+def _cpu_used(
+    before: tuple[float, float] | None, after: tuple[float, float] | None
+) -> dict[str, float] | None:
+    if before is None or after is None:
+        return None
+    return {"process": after[0] - before[0], "main_thread": after[1] - before[1]}
+
+
+def _cpu_per_event(part: str) -> Callable[[dict[str, Any]], float | None]:
+    """Microseconds of CPU per accepted event, of the process or of its main thread."""
+
+    def get(report: dict[str, Any]) -> float | None:
+        used, accepted = report.get("cpu_s"), report["accepted"]
+        return used[part] / accepted * 1e6 if used and accepted else None
+
+    return get
 
 
 def table_rows(plan: Plan) -> list[Row]:
@@ -220,6 +269,8 @@ def table_rows(plan: Plan) -> list[Row]:
             0,
         ),
         Row("OK latency p50 (ms)", "ingest", _lat("ok_latency_ms", "p50"), 1),
+        Row("process CPU per accepted event (µs)", "ingest", _cpu_per_event("process"), 1),
+        Row("main thread CPU per event (µs)", "ingest", _cpu_per_event("main_thread"), 1),
     ]
 
 

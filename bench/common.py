@@ -152,3 +152,31 @@ def spawned_relay(
                 f"the relay logged {len(errors)} error line(s), e.g. {errors[0][:200]}",
                 file=sys.stderr,
             )
+
+
+def listening_pid(port: int) -> int | None:
+    """The process that listens on TCP `port` (loopback), found through /proc; None if none
+    (or not Linux)."""
+    sockets: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                listening = fields[3] == "0A"
+                if listening and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    sockets.add(f"socket:[{fields[9]}]")
+    if not sockets:
+        return None
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if any(os.readlink(fd) in sockets for fd in (proc / "fd").iterdir()):
+                    return int(proc.name)
+    return None
+
+
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User plus system CPU time of a process (all its threads), or of one of its threads."""
+    path = f"/proc/{pid}/task/{thread}/stat" if thread is not None else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
