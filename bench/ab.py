@@ -68,9 +68,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
-import trio_websocket
-
 from bench import nostr_load as nl
 from bench.common import (
     ROOT,
@@ -85,17 +82,21 @@ from bench.compare import (
     INGEST_TIMEOUT,
     CompareError,
     Row,
+    Timing,
     _cell,
     _git,
     _lat,
     _loadavg,
     _rate,
     _values,
+    add_common_options,
+    finish_report,
     ingest,
     log,
     our_relay,
     peer_relay,
     publish_complete,
+    run_main,
 )
 
 BASELINE = "baseline"
@@ -330,31 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=ROOT,
         help=f"the checkout to compare with it (default {ROOT})",
     )
-    parser.add_argument("--runs", type=bounded(1, 20), default=3, help="runs (default 3)")
-    parser.add_argument(
-        "--events",
-        type=bounded(1, 200_000),
-        default=10_000,
-        help="events per run and relay (default 10000)",
-    )
+    add_common_options(parser, "events per run and relay (default 10000)")
     parser.add_argument(
         "--connections",
         type=bounded(1, 1000),
         default=50,
         help="websocket connections per relay and run (default 50)",
     )
-    parser.add_argument(
-        "--window",
-        type=bounded(1, 1000),
-        default=nl.DEFAULT_WINDOW,
-        help=f"events in flight per connection (default {nl.DEFAULT_WINDOW})",
-    )
     parser.add_argument("--no-peer", action="store_true", help="leave out the nostr-relay peer")
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        help="print the raw numbers as JSON on stdout (the table goes to stderr)",
-    )
     return parser
 
 
@@ -397,38 +381,15 @@ def run(args: argparse.Namespace) -> int:
         state = "with changes in relay/ or sql/" if info["dirty"] else "clean"
         print(f"{name}: {info['dir']} at {info['commit'][:12]} ({state})", file=out)
     print(f"load average before {load_before}, after {load_after}", file=out)
-    if result["problems"]:
-        print(f"INCOMPLETE ({len(result['problems'])} run(s)):", file=out)
-        for problem in result["problems"]:
-            print(f"  {problem}", file=out)
-    if args.json:
-        report = {
-            "plan": plan.__dict__,
-            "peer": not args.no_peer,
-            "checkouts": described,
-            "started_utc": started.isoformat(timespec="seconds"),
-            "elapsed_s": round(elapsed, 1),
-            "loadavg_before": load_before,
-            "loadavg_after": load_after,
-            "nproc": os.cpu_count(),
-            "table": rows,
-            "problems": result["problems"],
-            "raw": result["raw"],
-        }
-        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
-    return 1 if result["problems"] else 0
+    report = {"plan": plan.__dict__, "peer": not args.no_peer, "checkouts": described}
+    return finish_report(
+        out, report if args.json else None, Timing(started, elapsed, load_before, load_after),
+        rows, result, "run(s)",
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (SetupError, CompareError, nl.BenchError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (OSError, trio_websocket.HandshakeError, BaseExceptionGroup) as exc:
-        print(f"error: {nl._describe(exc)}", file=sys.stderr)
-        return 2
+    return run_main(build_parser(), run, argv, (SetupError, CompareError, nl.BenchError))
 
 
 if __name__ == "__main__":

@@ -393,13 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench.compare",
         description="Our relay and the nostr-relay (PyPI) peer under the same NIP-01 load.",
     )
-    parser.add_argument("--runs", type=bounded(1, 20), default=3, help="runs (default 3)")
-    parser.add_argument(
-        "--events",
-        type=bounded(1, 200_000),
-        default=10_000,
-        help="events per ingest run (default 10000)",
-    )
+    add_common_options(parser, "events per ingest run (default 10000)")
     parser.add_argument(
         "--seed",
         type=bounded(TAG_VALUES, 1_000_000),
@@ -418,6 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=200,
         help="sequential REQs per query run and workload (default 200)",
     )
+    return parser
+
+
+def add_common_options(parser: argparse.ArgumentParser, events_help: str) -> None:
+    """--runs, --events, --window and --json, as every side-by-side benchmark takes them."""
+    parser.add_argument("--runs", type=bounded(1, 20), default=3, help="runs (default 3)")
+    parser.add_argument("--events", type=bounded(1, 200_000), default=10_000, help=events_help)
     parser.add_argument(
         "--window",
         type=bounded(1, 1000),
@@ -429,7 +430,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the raw numbers as JSON on stdout (the table goes to stderr)",
     )
-    return parser
 
 
 def _git(*args: str) -> str:
@@ -485,41 +485,79 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: mean events returned per query (not always {LIMIT}): {returned}", file=out)
     else:
         print(f"every query returned {LIMIT} events", file=out)
+    report = {
+        "plan": plan.__dict__,
+        "tag_values": TAG_VALUES,
+        "seed_connections": SEED_CONNECTIONS,
+        "commit": commit,
+        "relay_tree_changes": dirty,
+        "commit_after": _git("rev-parse", "--short", "HEAD"),
+    }
+    return finish_report(
+        out, report if args.json else None, Timing(started, elapsed, load_before, load_after),
+        rows, result, "phase(s)",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Timing:
+    started: datetime.datetime
+    elapsed: float
+    load_before: list[float]
+    load_after: list[float]
+
+
+def finish_report(
+    out: Any,
+    report: dict[str, Any] | None,
+    timing: Timing,
+    rows: list[dict[str, Any]],
+    result: dict[str, Any],
+    units: str,
+) -> int:
+    """List the incomplete `units` on `out`; with a `report` (--json), complete it with
+    the timing, the table and the raw reports and print it on stdout. The exit status."""
     if result["problems"]:
-        print(f"INCOMPLETE ({len(result['problems'])} phase(s)):", file=out)
+        print(f"INCOMPLETE ({len(result['problems'])} {units}):", file=out)
         for problem in result["problems"]:
             print(f"  {problem}", file=out)
-    if args.json:
-        report = {
-            "plan": plan.__dict__,
-            "tag_values": TAG_VALUES,
-            "seed_connections": SEED_CONNECTIONS,
-            "commit": commit,
-            "relay_tree_changes": dirty,
-            "commit_after": _git("rev-parse", "--short", "HEAD"),
-            "started_utc": started.isoformat(timespec="seconds"),
-            "elapsed_s": round(elapsed, 1),
-            "loadavg_before": load_before,
-            "loadavg_after": load_after,
-            "nproc": os.cpu_count(),
-            "table": rows,
-            "problems": result["problems"],
-            "raw": result["raw"],
-        }
+    if report is not None:
+        report.update(
+            {
+                "started_utc": timing.started.isoformat(timespec="seconds"),
+                "elapsed_s": round(timing.elapsed, 1),
+                "loadavg_before": timing.load_before,
+                "loadavg_after": timing.load_after,
+                "nproc": os.cpu_count(),
+                "table": rows,
+                "problems": result["problems"],
+                "raw": result["raw"],
+            }
+        )
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     return 1 if result["problems"] else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_main(
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], int],
+    argv: Sequence[str] | None,
+    setup_errors: tuple[type[Exception], ...] = (CompareError, nl.BenchError),
+) -> int:
+    """Parse `argv`, run; a setup error or a failed connection is one line and status 2."""
+    args = parser.parse_args(argv)
     try:
         return run(args)
-    except (CompareError, nl.BenchError) as exc:
+    except setup_errors as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (OSError, trio_websocket.HandshakeError, BaseExceptionGroup) as exc:
         print(f"error: {nl._describe(exc)}", file=sys.stderr)
         return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":
