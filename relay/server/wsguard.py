@@ -6,6 +6,9 @@ that announces too much and then sends nothing holds its connection open. This g
 follows the frame headers in the client's bytes and stops them at the first header that
 takes its message (all its fragments together) over the limit.
 
+It also bounds the frames of one message (`MAX_MESSAGE_FRAMES`): endless empty continuation
+frames carry no payload to count, but every one is kept until the message ends.
+
 It does not parse frames: wsproto does, after the guard. Anything else wrong with a header
 (an unmasked frame, a reserved opcode, a 64-bit length with its top bit set) is left to
 wsproto, which closes with the code RFC 6455 calls for. Sans-IO: bytes in, a count out.
@@ -14,6 +17,8 @@ wsproto, which closes with the code RFC 6455 calls for. Sans-IO: bytes in, a cou
 from __future__ import annotations
 
 MESSAGE_TOO_BIG = 1009
+# Frames one message may come in (RFC 6455 sets no bound; clients rarely fragment at all).
+MAX_MESSAGE_FRAMES = 1024
 # The longest frame header: 2 bytes, a 64-bit extended length, a 4-byte masking key.
 MAX_HEADER_BYTES = 14
 _CONTINUATION, _TEXT, _BINARY = 0x0, 0x1, 0x2
@@ -47,10 +52,8 @@ class MessageSizeGuard:
         self._partial_header = b""
         self._payload_left = 0  # bytes of the current frame's payload still to come
         self._message_bytes = 0  # payload of the current data message so far
-
-    @property
-    def reason(self) -> str:
-        return f"message longer than {self.max_message_bytes} bytes"
+        self._message_frames = 0
+        self.reason = ""
 
     def accept(self, data: bytes) -> int:
         """How many bytes of `data` may go on to the websocket parser: all of them, or the
@@ -72,13 +75,24 @@ class MessageSizeGuard:
                 return end
             size, opcode, length = parsed
             if opcode in (_CONTINUATION, _TEXT, _BINARY):
-                first = opcode != _CONTINUATION
-                self._message_bytes = length if first else self._message_bytes + length
-                too_long = self._message_bytes > self.max_message_bytes
-                if too_long and not length & _LENGTH_TOP_BIT:
+                self.reason = self._count(opcode == _CONTINUATION, length)
+                if self.reason:
                     self.refused = True
                     return pos
             pos += size - len(self._partial_header)
             self._partial_header = b""
             self._payload_left = length
         return end
+
+    def _count(self, continuation: bool, length: int) -> str:
+        """Add a data frame to its message; the refusal reason if the message is too big."""
+        if continuation:
+            self._message_bytes += length
+            self._message_frames += 1
+        else:
+            self._message_bytes, self._message_frames = length, 1
+        if self._message_bytes > self.max_message_bytes and not length & _LENGTH_TOP_BIT:
+            return f"message longer than {self.max_message_bytes} bytes"
+        if self._message_frames > MAX_MESSAGE_FRAMES:
+            return f"message in more than {MAX_MESSAGE_FRAMES} frames"
+        return ""

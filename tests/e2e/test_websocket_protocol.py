@@ -402,6 +402,14 @@ async def test_oversized_fragmented_message_closes_with_1009(relay: RelayUnderTe
     assert await fails_with(relay, data) == 1009
 
 
+async def test_endless_empty_continuation_frames_close_with_1009(relay: RelayUnderTest) -> None:
+    """Empty fragments carry no payload to count against the limit, but each one is kept
+    until the message ends: a message in too many frames is refused as too big."""
+    empties = client_frame(OP_CONT, b"", fin=False) * 5000
+    assert await fails_with(relay, client_frame(OP_TEXT, b"[", fin=False) + empties) == 1009
+    await assert_relay_serves(relay)
+
+
 async def test_message_at_the_limit_is_not_refused(relay: RelayUnderTest) -> None:
     """A frame exactly at the limit is read (and answered as a bad message, not closed)."""
     padding = LIMIT - len(orjson.dumps(["REQ", "big", {"kinds": [1]}, ""]))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay.server.wsguard import MessageSizeGuard
+from relay.server.wsguard import MAX_MESSAGE_FRAMES, MessageSizeGuard
 from tests.helpers import client_frame
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_PING = 0x0, 0x1, 0x2, 0x9
@@ -86,3 +86,21 @@ def test_unmasked_frames_are_followed_too() -> None:
     assert MessageSizeGuard(LIMIT).accept(data) == len(data)
     refused = client_frame(OP_TEXT, length=LIMIT + 1, masked=False)
     assert MessageSizeGuard(LIMIT).accept(data + refused) == len(data)
+
+
+def test_a_message_in_too_many_frames_is_refused() -> None:
+    """Empty continuation frames carry no payload, but each one is kept until the message
+    ends: the frames of a message are bounded too."""
+    first = client_frame(OP_TEXT, b"[", fin=False)
+    empties = client_frame(OP_CONT, b"", fin=False) * (MAX_MESSAGE_FRAMES - 1)
+    guard = MessageSizeGuard(LIMIT)
+    assert guard.accept(first + empties) == len(first + empties)
+    assert not guard.refused
+    assert guard.accept(client_frame(OP_CONT, b"")) == 0
+    assert guard.refused
+    assert guard.reason == f"message in more than {MAX_MESSAGE_FRAMES} frames"
+
+
+def test_many_small_messages_are_not_many_frames_of_one() -> None:
+    data = client_frame(OP_TEXT, b"[]") * (MAX_MESSAGE_FRAMES * 2)
+    assert MessageSizeGuard(LIMIT).accept(data) == len(data)
