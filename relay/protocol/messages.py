@@ -87,10 +87,12 @@ def event_frame(sub_id: str, raw_event: str) -> str:
 
 
 def _event_id_of(obj: object) -> str | None:
+    """The id of an event that will not parse, if an OK can name it: 64 hex characters in
+    either case (an upper-case id is refused, but the client can still match its OK)."""
     if isinstance(obj, dict):
         candidate = obj.get("id")
-        if is_hex(candidate, 64):
-            return str(candidate)
+        if isinstance(candidate, str) and is_hex(candidate.lower(), 64):
+            return candidate
     return None
 
 

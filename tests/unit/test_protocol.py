@@ -215,6 +215,22 @@ def test_bad_event_with_a_readable_id_gets_ok_false() -> None:
     )
 
 
+def test_an_upper_case_id_is_readable_and_gets_ok_false() -> None:
+    raw = event().to_dict()
+    raw["id"] = raw["id"].upper()
+    assert refusal(frame("EVENT", raw)) == frame(
+        "OK", raw["id"], False, "invalid: id must be 64 lowercase hex characters"
+    )
+
+
+def test_an_id_of_non_hex_characters_is_not_readable() -> None:
+    raw = event().to_dict()
+    raw["id"] = "G" * 64
+    assert refusal(frame("EVENT", raw)) == frame(
+        "NOTICE", "invalid: id must be 64 lowercase hex characters"
+    )
+
+
 def test_bad_auth_event_with_a_readable_id_gets_ok_false() -> None:
     raw = event(kind=kinds.AUTH).to_dict()
     raw["tags"] = [["challenge", 1]]
