@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 FLUSH = b"0000"
-MAX_PAYLOAD = 65516
+# The longest pkt-line, its 4-byte length included (git's LARGE_PACKET_MAX).
+MAX_PACKET = 65520
+MAX_PAYLOAD = MAX_PACKET - 4
 
 
 class PktLineError(ValueError):
@@ -23,23 +25,35 @@ def encode(payload: bytes) -> bytes:
     return f"{len(payload) + 4:04x}".encode() + payload
 
 
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+# 0000 flush, 0001 delimiter, 0002 response end; 0003 is never valid; 0004 is empty.
+_SPECIAL = 3
+
+
+def packet_length(head: bytes) -> int:
+    """The length a pkt-line's 4-byte head announces: four hex digits (int() would also
+    take a sign, blanks or underscores, and a negative length walks a parser backwards)."""
+    if len(head) < 4:
+        raise PktLineError("truncated pkt-line length")
+    if not _HEX_DIGITS.issuperset(head):
+        raise PktLineError(f"bad pkt-line length {head!r}")
+    size = int(head, 16)
+    if size == _SPECIAL or size > MAX_PACKET:
+        raise PktLineError(f"bad pkt-line length {head!r}")
+    return size
+
+
 def decode(data: bytes) -> list[bytes | None]:
     """Split a pkt-line stream; None stands for a flush (or delim) packet."""
     out: list[bytes | None] = []
     i = 0
     while i < len(data):
-        head = data[i : i + 4]
-        if len(head) < 4:
-            raise PktLineError("truncated pkt-line length")
-        try:
-            size = int(head, 16)
-        except ValueError:
-            raise PktLineError(f"bad pkt-line length {head!r}") from None
-        if size in (0, 1, 2):
+        size = packet_length(data[i : i + 4])
+        if size < _SPECIAL:
             out.append(None)
             i += 4
             continue
-        if size < 4 or i + size > len(data):
+        if i + size > len(data):
             raise PktLineError("truncated pkt-line")
         out.append(data[i + 4 : i + size])
         i += size
@@ -83,14 +97,17 @@ class Command:
 
 
 def parse_commands(body: bytes) -> tuple[list[Command], set[str]]:
-    """The ref update commands at the start of a receive-pack request, and capabilities."""
+    """The ref update commands at the start of a receive-pack request, and capabilities;
+    PktLineError if they are not pkt-lines. Every step moves on by at least 4 bytes."""
     commands: list[Command] = []
     capabilities: set[str] = set()
     i = 0
     while i + 4 <= len(body):
-        size = int(body[i : i + 4], 16)
+        size = packet_length(body[i : i + 4])
         if size == 0:
             break
+        if size < _SPECIAL:
+            raise PktLineError("a receive-pack request has no delimiter packets")
         line = body[i + 4 : i + size]
         i += size
         text, _, caps = line.partition(b"\0")

@@ -193,6 +193,28 @@ async def test_garbage_receive_pack_body_gets_an_answer(
         assert 400 <= response.status < 500, response
 
 
+async def test_a_negative_pkt_line_length_is_refused_and_the_relay_serves_on(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path
+) -> None:
+    """`0008abcd-008` after the commands: int() reads "-008" as -8, and the parser walked
+    backwards for ever on the event loop (100 % CPU, /healthz silent)."""
+    async with hosted_relay("filesystem", nursery, db_url, tmp_path / "data") as h:
+        git = Git(tmp_path / "home")
+        key, owner, url, _, commit = await pushed_repo(h, git, tmp_path)
+        before = await h.pointer(owner, "demo")
+        first = pktline.encode(f"{commit} {ZERO} refs/heads/main\0report-status\n".encode())
+        with trio.fail_after(30):
+            response = await raw_request(
+                h.port, "POST", f"{h.path(owner, 'demo')}/git-receive-pack",
+                headers=[("Authorization", make_token(key, url))],
+                body=first + b"0008abcd-008",
+            )  # fmt: skip
+            assert response.status == 400, response
+            health = await raw_request(h.port, "GET", "/healthz")
+            assert health.status == 200
+        assert await h.pointer(owner, "demo") == before
+
+
 # -- refnames --------------------------------------------------------------------------------
 
 
