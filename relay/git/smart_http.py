@@ -10,13 +10,12 @@ the object store and runs stock git in it; the directory goes when the request e
 from __future__ import annotations
 
 import contextlib
-import gzip
+import io
 import logging
 import shlex
 import subprocess
 import sys
 import time
-import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -50,7 +49,15 @@ from relay.git.workspace import (
 )
 from relay.protocol.bech32 import npub_to_hex
 from relay.protocol.filters import Filter
-from relay.server.http import BodyTooLarge, Request, read_body, respond, send_chunked
+from relay.server.http import (
+    BadGzip,
+    BodyTooLarge,
+    Request,
+    gunzip,
+    read_body,
+    respond,
+    send_chunked,
+)
 from relay.store.events import Saved
 
 if TYPE_CHECKING:
@@ -294,13 +301,13 @@ class GitService:
         await read_body(stream, request, MAX_UPLOAD_REQUEST_BYTES, keep)
         body = b"".join(parts)
         if request.header("content-encoding").lower() == "gzip":
+            out: list[bytes] = []
+            source = io.BytesIO(body)
             try:
-                decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                body = decompressor.decompress(body, MAX_UPLOAD_REQUEST_BYTES)
-                if decompressor.unconsumed_tail:
-                    raise BodyTooLarge("the decompressed request is too large")
-            except (zlib.error, gzip.BadGzipFile):
+                await trio.to_thread.run_sync(gunzip, source, out.append, MAX_UPLOAD_REQUEST_BYTES)
+            except BadGzip:
                 raise HttpError(400, "the request body is not valid gzip") from None
+            body = b"".join(out)
         return body
 
     async def _upload_pack(self, stream: trio.SocketStream, ws: Workspace, body: bytes) -> None:
@@ -338,17 +345,19 @@ class GitService:
     # -- push -------------------------------------------------------------------------------
 
     async def _spool(self, stream: trio.SocketStream, request: Request, path: Path) -> None:
-        handle = await trio.open_file(path, "wb")
+        gzipped = request.header("content-encoding").lower() == "gzip"
+        received = path.with_suffix(".gz") if gzipped else path
+        limit = self.limits.max_pack_bytes + MAX_UPLOAD_REQUEST_BYTES
+        handle = await trio.open_file(received, "wb")
         async with handle:
-            limit = self.limits.max_pack_bytes + MAX_UPLOAD_REQUEST_BYTES
             await read_body(stream, request, limit, handle.write)  # type: ignore[arg-type]
-        if request.header("content-encoding").lower() == "gzip":
-            raw = await trio.to_thread.run_sync(path.read_bytes)
+        if gzipped:
             try:
-                data = await trio.to_thread.run_sync(gzip.decompress, raw)
-            except (OSError, EOFError, zlib.error):
+                await trio.to_thread.run_sync(_gunzip_file, received, path, limit)
+            except BadGzip:
                 raise HttpError(400, "the request body is not valid gzip") from None
-            await trio.to_thread.run_sync(path.write_bytes, data)
+            finally:
+                received.unlink(missing_ok=True)
 
     async def _receive_pack(
         self,
@@ -475,6 +484,13 @@ async def _unix_listener(path: Path) -> trio.SocketListener:
     await sock.bind(str(path))
     sock.listen(4)
     return trio.SocketListener(sock)
+
+
+def _gunzip_file(source: Path, target: Path, max_bytes: int) -> None:
+    """The gzip file `source` decompressed into `target`, at most `max_bytes` of it (the
+    rest of `target` is removed with the spool when the limit refuses the push)."""
+    with open(source, "rb") as compressed, open(target, "wb") as plain:
+        gunzip(compressed, plain.write, max_bytes)
 
 
 def _read_head(path: Path) -> bytes:

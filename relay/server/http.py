@@ -6,9 +6,11 @@ trio-websocket, which then performs the handshake itself.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import BinaryIO
 
 import h11
 import trio
@@ -130,6 +132,38 @@ async def respond(
 
 class BodyTooLarge(Exception):
     """The request body is larger than the route allows."""
+
+
+class BadGzip(ValueError):
+    """A body sent with Content-Encoding: gzip is not one whole gzip stream."""
+
+
+GUNZIP_CHUNK = 256 * 1024
+
+
+def gunzip(source: BinaryIO, sink: Callable[[bytes], object], max_bytes: int) -> int:
+    """Decompress the gzip stream read from `source` into `sink` a chunk at a time; the
+    decompressed length. BodyTooLarge as soon as more than `max_bytes` come out (a few KB of
+    gzip can announce gigabytes), BadGzip if it is not one complete gzip member. Blocking:
+    run it in a worker thread."""
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    total = 0
+    try:
+        while chunk := source.read(GUNZIP_CHUNK):
+            while chunk and not decompressor.eof:
+                out = decompressor.decompress(chunk, GUNZIP_CHUNK)
+                total += len(out)
+                if total > max_bytes:
+                    raise BodyTooLarge(f"the decompressed body is larger than {max_bytes} bytes")
+                sink(out)
+                chunk = decompressor.unconsumed_tail
+            if decompressor.eof and (chunk or decompressor.unused_data):
+                raise BadGzip("data after the end of the gzip stream")
+    except zlib.error as exc:
+        raise BadGzip(f"not valid gzip: {exc}") from None
+    if not decompressor.eof:
+        raise BadGzip("the gzip stream ends early")
+    return total
 
 
 async def read_body(

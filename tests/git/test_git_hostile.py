@@ -7,6 +7,7 @@ reads fail loudly, never look like an empty repo. Every wait and loop is bounded
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import time
@@ -213,6 +214,37 @@ async def test_a_negative_pkt_line_length_is_refused_and_the_relay_serves_on(
             health = await raw_request(h.port, "GET", "/healthz")
             assert health.status == 200
         assert await h.pointer(owner, "demo") == before
+
+
+async def test_a_gzip_bomb_is_refused_on_both_services(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path
+) -> None:
+    """40 KB of gzip that inflates to 40 MiB, over both limits: the body is decompressed as
+    a stream and refused (413) once the decompressed bytes pass the limit, not inflated
+    whole into memory and scratch first."""
+    bomb = gzip.compress(b"\0" * (40 << 20), compresslevel=9)
+    assert len(bomb) < 100_000
+    scratch = tmp_path / "scratch"
+    async with hosted_relay(
+        "filesystem", nursery, db_url, tmp_path / "data",
+        git_max_pack_bytes=1 << 20, git_scratch_dir=str(scratch),
+    ) as h:  # fmt: skip
+        git = Git(tmp_path / "home")
+        key, owner, url, _, _ = await pushed_repo(h, git, tmp_path)
+        before = await h.pointer(owner, "demo")
+        for service in ("git-upload-pack", "git-receive-pack"):
+            response = await raw_request(
+                h.port, "POST", f"{h.path(owner, 'demo')}/{service}",
+                headers=[("Authorization", make_token(key, url)),
+                         ("Content-Encoding", "gzip"),
+                         ("Content-Type", f"application/x-{service}-request")],
+                body=bomb,
+            )  # fmt: skip
+            assert response.status == 413, (service, response)
+            assert b"decompressed body is larger than" in response.body
+        assert await h.pointer(owner, "demo") == before
+        await wait_scratch_empty(scratch)
+        await wait_until_ok(h, f"{h.path(owner, 'demo')}{UPLOAD_INFO}")
 
 
 # -- refnames --------------------------------------------------------------------------------
