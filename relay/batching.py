@@ -54,6 +54,7 @@ class Batcher(Generic[T, R]):
         self.workers = workers
         self._queue: deque[_Pending[T, R]] = deque()
         self._in_flight: dict[int, list[_Pending[T, R]]] = {}  # by id(): one a worker
+        self._alone = 0  # items at the head of the queue to process one at a time
         self._wake = trio.Event()
         self.running = False
         self.batches = 0
@@ -85,16 +86,21 @@ class Batcher(Generic[T, R]):
             while not self._queue:
                 self._wake = trio.Event()
                 await self._wake.wait()
-            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
+            size = 1 if self._alone else min(len(self._queue), self.max_batch)
+            self._alone = max(0, self._alone - 1)
+            batch = [self._queue.popleft() for _ in range(size)]
             self._in_flight[id(batch)] = batch
             try:
                 # Shielded: a batch in flight completes, so no submitter is left unanswered.
                 with trio.CancelScope(shield=True):
                     results = await self.process([p.item for p in batch])
             except Exception as exc:
-                for pending in batch:
-                    pending.error = exc
-                    pending.done.set()
+                if len(batch) == 1:
+                    batch[0].error = exc
+                    batch[0].done.set()
+                else:  # one bad item must not fail the others: each goes again alone
+                    self._queue.extendleft(reversed(batch))
+                    self._alone += len(batch)
                 continue
             finally:
                 del self._in_flight[id(batch)]

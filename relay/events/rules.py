@@ -30,11 +30,15 @@ def check_shape_limits(event: Event, raw_size: int, limits: Limits, now: int) ->
     if len(event.tags) > limits.max_event_tags:
         return f"invalid: event has more than {limits.max_event_tags} tags"
     for tag in event.tags:
-        if len(tag) >= 2 and len(tag[0]) == 1 and len(tag[1].encode()) > limits.max_tag_value_bytes:
-            return (
-                f"invalid: single-letter tag values are limited to "
-                f"{limits.max_tag_value_bytes} bytes"
-            )
+        if len(tag) >= 2 and len(tag[0]) == 1:
+            if len(tag[1].encode()) > limits.max_tag_value_bytes:
+                return (
+                    f"invalid: single-letter tag values are limited to "
+                    f"{limits.max_tag_value_bytes} bytes"
+                )
+            if "\x00" in tag[1]:
+                # Indexed as PostgreSQL text, which cannot hold NUL.
+                return "invalid: single-letter tag values must not contain NUL characters"
     if event.created_at > now + limits.max_future_seconds:
         return (
             f"invalid: created_at is more than {limits.max_future_seconds} seconds in the future"

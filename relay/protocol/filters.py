@@ -112,7 +112,11 @@ def parse_filter(obj: object, limits: Limits) -> Filter:
         elif key == "search":
             raise InvalidFilter("search (NIP-50) is not supported by this relay")
         elif len(key) == 2 and key[0] == "#" and key[1] in TAG_LETTERS:
-            tags.append((key[1], frozenset(_string_list(value, key, limits))))
+            values = _string_list(value, key, limits)
+            if any("\x00" in v for v in values):
+                # No stored tag value holds one (PostgreSQL text cannot).
+                raise InvalidFilter(f"{key} values must not contain NUL characters")
+            tags.append((key[1], frozenset(values)))
         else:
             raise InvalidFilter(f"unsupported filter field {key[:32]!r}")
     tags.sort()

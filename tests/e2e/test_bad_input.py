@@ -329,6 +329,16 @@ RULE_CASES: dict[str, tuple[Callable[[], Event], str]] = {
         lambda: make_event(tags=[["p", "é" * 513]]),
         "invalid: single-letter tag values are limited to 1024 bytes",
     ),
+    # PostgreSQL text cannot hold NUL: storing one failed with "error: try again" (clients
+    # retried for ever) and took the rest of its group-commit batch down with it.
+    "NUL in an indexed tag value": (
+        lambda: make_event(tags=[["t", "x\u0000y"]]),
+        "invalid: single-letter tag values must not contain NUL characters",
+    ),
+    "NUL in the d tag of an addressable event": (
+        lambda: make_event(kind=30023, tags=[["d", "a\u0000"]]),
+        "invalid: single-letter tag values must not contain NUL characters",
+    ),
     "kind 22242 as EVENT": (
         lambda: make_event(
             kind=22242, tags=[["relay", "ws://127.0.0.1/"], ["challenge", "c"]]
@@ -418,6 +428,10 @@ FILTER_CASES: dict[str, tuple[list[Any], str]] = {
         [{"kinds": [1], "until": -1}],
         "invalid: until must be a non-negative integer timestamp",
     ),
+    "NUL in a tag value": (
+        [{"#t": ["ok", "x\u0000y"]}],
+        "invalid: #t values must not contain NUL characters",
+    ),
 }
 
 
@@ -430,6 +444,27 @@ async def test_bad_filter_gets_closed(relay: RelayUnderTest, case: str, verb: st
         assert await client.recv() == ["CLOSED", "sub", reason]
         # No subscription was opened: the proof event below (kind 1) is not delivered to it.
         await assert_open_and_nothing_stored(client, relay)
+
+
+async def test_events_stored_together_with_a_refused_one_are_all_stored(
+    relay: RelayUnderTest,
+) -> None:
+    """A burst of good events with NUL-carrying ones among them, on several connections
+    so they share group-commit batches: every good one is stored, every bad one refused."""
+    good = [make_event(tags=[["t", "burst"]]) for _ in range(60)]
+    bad = [make_event(tags=[["t", "bad\u0000"]]) for _ in range(6)]
+    events = good + bad
+    async with connect(relay.port) as a, connect(relay.port) as b, connect(relay.port) as c:
+        clients = [a, b, c]
+        for i, event in enumerate(events):
+            await clients[i % 3].send(["EVENT", event.to_dict()])
+        answers: dict[str, list[Any]] = {}
+        for i in range(len(events)):
+            reply = await clients[i % 3].recv()
+            answers[reply[1]] = reply
+    assert all(answers[e.id][2] is True for e in good)
+    assert all(answers[e.id][2] is False for e in bad)
+    await assert_stored_exactly(relay, *good)
 
 
 async def test_filter_with_10000_authors_gets_closed(

@@ -58,3 +58,35 @@ async def test_without_a_timeout_a_submitter_waits_for_its_batch(
         await trio.testing.wait_all_tasks_blocked()
         assert results == [42]
         nursery.cancel_scope.cancel()
+
+
+async def test_one_failing_item_does_not_fail_its_batch() -> None:
+    """The batch fails as a whole (as a transaction does); each item then goes again alone,
+    so only the bad one gets the error."""
+    batches: list[list[str]] = []
+
+    async def process(items: list[str]) -> list[str]:
+        batches.append(items)
+        if "bad" in items:
+            raise ValueError("cannot store bad")
+        return [item.upper() for item in items]
+
+    batcher: Batcher[str, str] = Batcher(process, max_batch=10, workers=1)
+    results: dict[str, str] = {}
+
+    async def submit(item: str) -> None:
+        try:
+            results[item] = await batcher.submit(item)
+        except ValueError as exc:
+            results[item] = f"error: {exc}"
+
+    async with trio.open_nursery() as nursery:
+        for item in ("one", "bad", "two"):
+            nursery.start_soon(submit, item)
+        await trio.testing.wait_all_tasks_blocked()  # all three queued: one batch
+        nursery.start_soon(batcher.run)
+        while len(results) < 3:
+            await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert results == {"one": "ONE", "bad": "error: cannot store bad", "two": "TWO"}
+    assert batches == [["one", "bad", "two"], ["one"], ["bad"], ["two"]]
