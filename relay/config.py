@@ -185,6 +185,8 @@ SETTINGS: tuple[Setting, ...] = (
             "length of a single-letter tag's value", _int_in(64, 2048)),
     Setting("RELAY_MAX_SUBID_LENGTH", "max_subid_length", "64", "subscription id length",
             _int_in(1, 1024)),
+    Setting("RELAY_MAX_AUTH_KEYS", "max_auth_keys", "8",
+            "keys one connection may authenticate with NIP-42", _int_in(1, 1000)),
     Setting("RELAY_MAX_FILTER_VALUES", "max_filter_values", "1000",
             "values in one filter field (ids, authors, kinds, #x)", _int_in(1, 100_000)),
     Setting("RELAY_MAX_FUTURE_SECONDS", "max_future_seconds", "900",
@@ -202,7 +204,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RELAY_RATE_EVENTS_BURST", "rate_events_burst", "500", "EVENT burst",
             _int_in(1, 10_000_000)),
     Setting("RELAY_RATE_REQS_PER_SECOND", "rate_reqs_per_second", "20",
-            "REQs and COUNTs per second per IP and per authenticated pubkey",
+            "REQs, COUNTs and AUTHs per second per IP and per authenticated pubkey",
             _float_in(0.01, 1e6)),
     Setting("RELAY_RATE_REQS_BURST", "rate_reqs_burst", "200", "REQ burst",
             _int_in(1, 10_000_000)),
@@ -288,6 +290,7 @@ class Settings:
     max_event_tags: int
     max_tag_value_bytes: int
     max_subid_length: int
+    max_auth_keys: int
     max_filter_values: int
     max_future_seconds: int
     redis_url: str | None

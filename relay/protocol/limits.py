@@ -19,6 +19,7 @@ class Limits:
     max_filter_values: int = 1000
     max_future_seconds: int = 15 * 60
     auth_window_seconds: int = 10 * 60
+    max_auth_keys: int = 8
     max_outbound_bytes: int = 16 * 1024 * 1024
 
     def nip11(self) -> dict[str, object]:
@@ -39,4 +40,5 @@ class Limits:
             "max_filters": self.max_filters,
             "max_filter_values": self.max_filter_values,
             "max_outbound_bytes": self.max_outbound_bytes,
+            "max_auth_keys": self.max_auth_keys,
         }

@@ -26,7 +26,21 @@ class Session:
     limits: Limits
     challenge: str = field(default_factory=lambda: secrets.token_hex(16))
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
-    authenticated: set[str] = field(default_factory=set)
+    # Immutable, so each EVENT can take it as it is; at most limits.max_auth_keys keys.
+    authenticated: frozenset[str] = frozenset()
+
+    def authenticate(self, pubkey: str) -> str | None:
+        """Add a key that passed NIP-42; the refusal reason if the connection has its
+        limit of keys already (each key is rate-limited on every later message)."""
+        if pubkey in self.authenticated:
+            return None
+        if len(self.authenticated) >= self.limits.max_auth_keys:
+            return (
+                "blocked: too many keys authenticated on this connection "
+                f"(max {self.limits.max_auth_keys})"
+            )
+        self.authenticated |= {pubkey}
+        return None
 
     def open(self, sub_id: str, filters: tuple[Filter, ...]) -> str | None:
         """Add or replace a subscription, live events held back until `go_live`.

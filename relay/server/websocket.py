@@ -237,9 +237,8 @@ class ClientConnection:
             if not await self._allowed("event"):
                 verdict = Verdict(False, "rate-limited: slow down, too many events")
             else:
-                authenticated = frozenset(self.session.authenticated)
                 verdict = await self.relay.ingest.submit(
-                    self.community_id, event, authenticated, int(time.time())
+                    self.community_id, event, self.session.authenticated, int(time.time())
                 )
             self.relay.metrics.count_verdict(verdict.accepted, verdict.message)
             await self.outbox.put(msg.ok(event.id, verdict.accepted, verdict.message))
@@ -291,9 +290,13 @@ class ClientConnection:
         self.relay.fanout.unsubscribe(self.community_id, self.sink, sub_id)
 
     async def _authenticate(self, event: Event) -> None:
-        reason = check_auth_event(
-            event, self.session.challenge, self.session.host, int(time.time()), self.relay.limits
-        )
-        if reason is None:
-            self.session.authenticated.add(event.pubkey)
+        """NIP-42. An AUTH is rate-limited as a REQ is (its signature check is work on the
+        event loop), and a connection authenticates at most limits.max_auth_keys keys."""
+        if not await self._allowed("req"):
+            reason: str | None = "rate-limited: slow down, too many requests"
+        else:
+            reason = check_auth_event(
+                event, self.session.challenge, self.session.host, int(time.time()),
+                self.relay.limits,
+            ) or self.session.authenticate(event.pubkey)  # fmt: skip
         await self.outbox.put(msg.ok(event.id, reason is None, reason or ""))

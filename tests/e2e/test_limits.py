@@ -20,6 +20,7 @@ import orjson
 import pytest
 import trio
 import trio_websocket
+from coincurve import PrivateKey
 
 from relay.events.model import Event
 from tests.conftest import start_relay
@@ -258,6 +259,7 @@ CONFIGURED = {
     "max_filter_values": 3,
     "max_future_seconds": 60,
     "max_outbound_bytes": 65536,
+    "max_auth_keys": 2,
 }
 
 
@@ -283,7 +285,57 @@ async def test_nip11_advertises_every_configured_limit(
         "max_filters": 2,
         "max_filter_values": 3,
         "max_outbound_bytes": 65536,
+        "max_auth_keys": 2,
     }
+
+
+# -- NIP-42 keys per connection ----------------------------------------------------------------
+
+
+def auth_event(key: PrivateKey, challenge: str, port: int) -> Event:
+    return make_event(
+        key, kind=22242, content="",
+        tags=[["relay", f"ws://127.0.0.1:{port}"], ["challenge", challenge]],
+    )  # fmt: skip
+
+
+async def test_max_auth_keys(nursery: trio.Nursery, db_url: str, tmp_path: Path) -> None:
+    """Every key a connection authenticates is rate-limited on each of its later messages:
+    50,000 of them made each message 50,000 checks. The keys are capped."""
+    relay = await start_relay(nursery, db_url, tmp_path, max_auth_keys=2)
+    first, second, third = new_key(), new_key(), new_key()
+    async with connect(relay.port) as client:
+        challenge = await client.wait_challenge()
+        for key in (first, second, first):  # the same key again takes no new place
+            auth = auth_event(key, challenge, relay.port)
+            assert await client.publish_auth(auth) == ["OK", auth.id, True, ""]
+        refused = auth_event(third, challenge, relay.port)
+        assert await client.publish_auth(refused) == [
+            "OK", refused.id, False,
+            "blocked: too many keys authenticated on this connection (max 2)",
+        ]  # fmt: skip
+        # The keys that did authenticate still count: a protected event of `second` is taken.
+        note = make_event(second, tags=[["-"]])
+        assert await client.publish(note) == ["OK", note.id, True, ""]
+        protected = make_event(third, tags=[["-"]])
+        assert (await client.publish(protected))[2] is False
+
+
+async def test_auth_is_rate_limited_like_req(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path
+) -> None:
+    relay = await start_relay(
+        nursery, db_url, tmp_path,
+        rate_limits=True, rate_reqs_per_second=0.01, rate_reqs_burst=2,
+    )  # fmt: skip
+    async with connect(relay.port) as client:
+        challenge = await client.wait_challenge()
+        answers = []
+        for _ in range(3):
+            auth = auth_event(new_key(), challenge, relay.port)
+            answers.append((await client.publish_auth(auth))[2:])
+    assert answers[:2] == [[True, ""], [True, ""]]
+    assert answers[2] == [False, "rate-limited: slow down, too many requests"]
 
 
 # -- the slow consumer ---------------------------------------------------------------------

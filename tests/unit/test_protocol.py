@@ -534,7 +534,18 @@ def test_session_challenge_is_random_hex() -> None:
     first, second = Session("localhost", LIMITS), Session("localhost", LIMITS)
     assert re.fullmatch(r"[0-9a-f]{32}", first.challenge)
     assert first.challenge != second.challenge
-    assert first.authenticated == set()
+    assert first.authenticated == frozenset()
+
+
+def test_session_authenticates_at_most_max_auth_keys() -> None:
+    session = Session("localhost", Limits(max_auth_keys=2))
+    assert session.authenticate("a" * 64) is None
+    assert session.authenticate("b" * 64) is None
+    assert session.authenticate("a" * 64) is None  # already there: no new place taken
+    assert session.authenticate("c" * 64) == (
+        "blocked: too many keys authenticated on this connection (max 2)"
+    )
+    assert session.authenticated == frozenset({"a" * 64, "b" * 64})
 
 
 def test_session_open_close_and_the_subscription_limit() -> None:
