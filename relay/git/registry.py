@@ -109,20 +109,41 @@ async def release_in(conn: Connection, community_id: int, repo_id: str, owner: s
 async def _release_attempt(
     conn: Connection, community_id: int, repo_id: str, owner: str, attempt: str
 ) -> int:
-    """Compensation: undo this attempt's claim unless its announcement got stored."""
-    rows = await conn.fetch(
-        "DELETE FROM git_repo_names WHERE community_id = $1 AND repo_id = $2"
-        " AND owner_pubkey = $3 AND attempt = $4 AND NOT EXISTS (SELECT 1 FROM events"
-        " WHERE community_id = $1 AND pubkey = $5 AND kind = $6 AND coordinate_d = $2)"
-        " RETURNING 1",
-        community_id,
-        repo_id,
-        owner,
-        attempt,
-        bytes.fromhex(owner),
-        kinds.REPO_ANNOUNCEMENT,
-    )
-    return len(rows)
+    """Compensation: undo this attempt's claim unless its announcement got stored.
+
+    The row is locked first and the announcement looked for afterwards, in a statement of
+    its own: a re-announcement that holds the row (FOR SHARE, while it stores its event)
+    has committed by then, and a fresh statement sees its event. (One DELETE ... WHERE NOT
+    EXISTS would wait for the lock but judge with the snapshot it started with, and release
+    a name whose announcement had just been stored.)
+    """
+    async with conn.transaction():
+        claimed = await conn.fetchval(
+            "SELECT 1 FROM git_repo_names WHERE community_id = $1 AND repo_id = $2"
+            " AND owner_pubkey = $3 AND attempt = $4 FOR UPDATE",
+            community_id,
+            repo_id,
+            owner,
+            attempt,
+        )
+        if claimed is None:
+            return 0
+        announced = await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE community_id = $1 AND pubkey = $2"
+            " AND kind = $3 AND coordinate_d = $4)",
+            community_id,
+            bytes.fromhex(owner),
+            kinds.REPO_ANNOUNCEMENT,
+            repo_id,
+        )
+        if announced:
+            return 0
+        await conn.execute(
+            "DELETE FROM git_repo_names WHERE community_id = $1 AND repo_id = $2",
+            community_id,
+            repo_id,
+        )
+        return 1
 
 
 class RepoRegistry:

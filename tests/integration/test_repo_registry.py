@@ -7,7 +7,9 @@ primary key and the advisory lock must win (many owners, one name; one owner, ma
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -275,6 +277,67 @@ async def test_release_attempt_only_undoes_its_own_unannounced_claim(
         assert await registry.release_attempt(cid, "myrepo", alice, "attempt-1") == 0
         assert await registry.owner_of(cid, "myrepo") == alice
         assert await registry.count_for_owner(cid, alice) == 1
+
+
+async def test_a_release_waits_for_a_re_announcement_that_holds_the_name(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Two attempts of one owner on one name at once: the first one's compensation runs
+    while the second stores its announcement (holding the registry row FOR SHARE, as
+    `name_held` does). The release must see that announcement once it gets the row, and
+    keep the name; it used to judge by the snapshot it started with and release it."""
+    (cid,) = await add_communities(db_url, "a.test")
+    key = new_key()
+    alice = pubkey_hex(key)
+    announcement = make_event(key, kind=kinds.REPO_ANNOUNCEMENT, content="", tags=[["d", "r"]])
+    holding, commit = threading.Event(), threading.Event()
+
+    def re_announce() -> None:
+        async def run() -> None:
+            conn = await asyncpg.connect(db_url)
+            try:
+                async with conn.transaction():
+                    await conn.execute(
+                        "SELECT 1 FROM git_repo_names WHERE community_id = $1 AND repo_id = $2"
+                        " FOR SHARE",
+                        cid,
+                        "r",
+                    )
+                    await conn.execute(
+                        "INSERT INTO events (community_id, id, pubkey, kind, created_at,"
+                        " coordinate_d, raw) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        cid,
+                        bytes.fromhex(announcement.id),
+                        bytes.fromhex(alice),
+                        kinds.REPO_ANNOUNCEMENT,
+                        announcement.created_at,
+                        "r",
+                        announcement.to_json(),
+                    )
+                    holding.set()
+                    await asyncio.get_running_loop().run_in_executor(None, commit.wait)
+            finally:
+                await conn.close()
+
+        asyncio.run(run())
+
+    async with database(db_url, tmp_path) as db:
+        registry = RepoRegistry(db, quota=10)
+        assert await registry.reserve(cid, "r", alice, "first") == Reserved()
+        released: list[int] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, re_announce)
+            await trio.to_thread.run_sync(holding.wait)
+
+            async def release() -> None:
+                released.append(await registry.release_attempt(cid, "r", alice, "first"))
+
+            nursery.start_soon(release)
+            await trio.sleep(0.5)  # the release is now waiting for the row
+            assert released == []
+            commit.set()
+        assert released == [0]
+        assert await registry.owner_of(cid, "r") == alice
 
 
 # -- the migration that created the table -------------------------------------------------------
