@@ -159,6 +159,10 @@ class GitService:
             service = self._service(request, route)
             pusher = self._authenticate(request, route, host, service)
             announcement = await self._announcement(community_id, route)
+            if not self.public_read and pusher not in policy.maintainers(announcement):
+                # Private reads are the maintainers' (a push advertisement lists the refs
+                # too); to anyone else the repository does not exist, so names do not leak.
+                raise RepoNotFound(route.repo_id)
             await self._serve(stream, request, route, service, community_id, pusher, announcement)
             return 200
         except HttpError as exc:

@@ -779,9 +779,13 @@ async def test_private_reads_need_a_token(
     async with hosted_relay(
         "filesystem", nursery, db_url, tmp_path / "data", git_public_read=False
     ) as h:
-        key = new_key()
+        key, maintainer_key, stranger = new_key(), new_key(), new_key()
         repo = "private"
-        owner = (await announce(h.port, key, repo)).pubkey
+        owner = (
+            await announce(
+                h.port, key, repo, extra_tags=[["maintainers", pubkey_hex(maintainer_key)]]
+            )
+        ).pubkey
         url = h.url(owner, repo)
         git = Git(tmp_path / "home")
         work = fresh_dir(tmp_path, "work")
@@ -804,11 +808,26 @@ async def test_private_reads_need_a_token(
         )  # fmt: skip
         assert stale.status == 401
 
-        # Any valid token reads (not only maintainers).
-        for reader in (key, new_key()):
+        # The owner and the maintainers read.
+        for reader in (key, maintainer_key):
             cloned, head = await clone_refs(git, url, fresh_dir(tmp_path, "clone"), key=reader)
             assert cloned == {"refs/heads/main": c1}
             assert head == "refs/heads/main"
+        # Anyone else with a valid token is told there is no such repository (404, so the
+        # names of private repositories do not leak), for reads and for the push
+        # advertisement, which lists the refs too.
+        refused = await git.run(
+            "clone", url, str(fresh_dir(tmp_path, "stranger")), key=stranger, check=False
+        )
+        assert refused.returncode != 0
+        for method, target in (
+            ("GET", f"{h.path(owner, repo)}/info/refs?service=git-upload-pack"),
+            ("POST", f"{h.path(owner, repo)}/git-upload-pack"),
+            ("GET", f"{h.path(owner, repo)}/info/refs?service=git-receive-pack"),
+        ):
+            response = await raw_request(h.port, method, target, headers=auth(stranger, url))
+            assert response.status == 404, (target, response)
+            assert c1.encode() not in response.body
 
 
 async def test_npub_alias(nursery: trio.Nursery, db_url: str, tmp_path: Path) -> None:
