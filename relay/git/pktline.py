@@ -117,3 +117,27 @@ def parse_commands(body: bytes) -> tuple[list[Command], set[str]]:
         if len(parts) == 3:
             commands.append(Command(*parts))
     return commands, capabilities
+
+
+ATOMIC_FAILURE = "atomic push failed"
+
+
+def refuse_all(stdout: bytes, commands: list[Command], side_band: bool) -> bytes:
+    """The report-status of a push refused whole: every command's ref `ng`, those git itself
+    refused with git's reason, the others with git's own wording for an atomic push.
+    Progress and error bands (2, 3) of a side-band report are kept, before it."""
+    report = parse_report(stdout, side_band)
+    reasons = {ref: reason for ref, _, reason in (r.partition(" ") for r in report.rejected)}
+    inner = encode(b"unpack " + (b"ok" if report.unpack_ok else b"error") + b"\n")
+    for command in commands:
+        reason = reasons.get(command.ref) or ATOMIC_FAILURE
+        inner += encode(f"ng {command.ref} {reason}\n".encode())
+    inner += FLUSH
+    if not side_band:
+        return inner
+    kept = b"".join(
+        encode(p) for p in decode(stdout) if p is not None and p[:1] in (b"\x02", b"\x03")
+    )
+    step = MAX_PAYLOAD - 1
+    bands = b"".join(encode(b"\x01" + inner[i : i + step]) for i in range(0, len(inner), step))
+    return kept + bands + FLUSH

@@ -376,7 +376,7 @@ class GitService:
     ) -> None:
         head = await trio.to_thread.run_sync(_read_head, spool)
         try:
-            _, capabilities = pktline.parse_commands(head)
+            commands, capabilities = pktline.parse_commands(head)
         except ValueError:
             raise HttpError(400, "the receive-pack request is not pkt-line commands") from None
         hooks = ws.path / "hooks"
@@ -412,6 +412,11 @@ class GitService:
                 )
             if isinstance(outcome, Published) and outcome.digest != ws.digest:
                 await self._emit_ref_state(community_id, route.repo_id, outcome, pusher)
+        elif report.accepted:
+            # git took some refs and refused others; nothing was published, so none of
+            # them was pushed: a push is all or nothing, and the report says so.
+            side_band = "side-band-64k" in capabilities
+            stdout = pktline.refuse_all(stdout, commands, side_band)
         await respond(stream, 200, stdout, "application/x-git-receive-pack-result", NO_CACHE)
 
     async def _answer_hook(

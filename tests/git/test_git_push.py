@@ -773,6 +773,36 @@ async def test_nip98_required_for_push(nursery: trio.Nursery, db_url: str, tmp_p
             await expect_unchanged(h, watch, owner=owner, repo=repo, before=step)
 
 
+async def test_a_partly_refused_push_is_refused_whole(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path
+) -> None:
+    """git refuses `x/y` while `x` exists but takes `z` into the workspace; the relay then
+    publishes nothing, so git must not print `z` as pushed (it did: `* [new branch]`)."""
+    async with hosted_relay("filesystem", nursery, db_url, tmp_path / "data") as h:
+        key = new_key()
+        git = Git(tmp_path / "home")
+        owner, url, work = await setup_repo(h, git, tmp_path, key, "atomic")
+        c1 = await git.commit(work, "README", "one\n", "first")
+        await git.run(
+            "push", "-q", "origin", "main", "main:refs/heads/x", cwd=work, key=key, url=url
+        )
+        before = (await h.manifest(owner, "atomic")).refs
+        c2 = await git.commit(work, "README", "two\n", "second")
+        pushed = await git.run(
+            "push", "--porcelain", "origin", "HEAD:refs/heads/z", "HEAD:refs/heads/x/y",
+            cwd=work, key=key, url=url, check=False,
+        )  # fmt: skip
+        assert pushed.returncode != 0
+        out = pushed.stdout.decode()
+        assert "!\tHEAD:refs/heads/z\t[remote rejected] (atomic push failed)" in out, out
+        assert "!\tHEAD:refs/heads/x/y\t[remote rejected]" in out, out
+        assert "*\t" not in out, out  # nothing reported as a new ref
+        assert (await h.manifest(owner, "atomic")).refs == before == {
+            "refs/heads/main": c1, "refs/heads/x": c1,
+        }  # fmt: skip
+        assert c2 not in before.values()
+
+
 async def test_private_reads_need_a_token(
     nursery: trio.Nursery, db_url: str, tmp_path: Path
 ) -> None:

@@ -52,3 +52,32 @@ def test_commands_and_capabilities_are_read() -> None:
 def test_a_delimiter_among_the_commands_is_refused() -> None:
     with pytest.raises(PktLineError):
         parse_commands(b"0001" + pktline.FLUSH)
+
+
+def _report(lines: list[str], side_band: bool) -> bytes:
+    inner = b"".join(pktline.encode(f"{line}\n".encode()) for line in lines) + pktline.FLUSH
+    if not side_band:
+        return inner
+    progress = pktline.encode(b"\x02Resolving deltas: 100% done\n")
+    return progress + pktline.encode(b"\x01" + inner) + pktline.FLUSH
+
+
+@pytest.mark.parametrize("side_band", [False, True])
+def test_a_partly_refused_push_is_reported_refused_whole(side_band: bool) -> None:
+    commands = [
+        pktline.Command(ZERO, ONE, "refs/heads/z"),
+        pktline.Command(ZERO, ONE, "refs/heads/x/y"),
+    ]
+    git_said = _report(
+        ["unpack ok", "ok refs/heads/z", "ng refs/heads/x/y failed to lock"], side_band
+    )
+    refused = pktline.parse_report(pktline.refuse_all(git_said, commands, side_band), side_band)
+    assert refused.unpack_ok
+    assert refused.accepted == ()
+    assert refused.rejected == (
+        f"refs/heads/z {pktline.ATOMIC_FAILURE}",
+        "refs/heads/x/y failed to lock",
+    )
+    if side_band:  # the progress band is kept
+        kept = pktline.refuse_all(git_said, commands, side_band)
+        assert b"\x02Resolving deltas" in kept
