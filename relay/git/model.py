@@ -162,6 +162,10 @@ class Manifest:
                 raise InvalidManifest(f"bad pack key {key[:80]!r}")
         if self.parent is not None and not is_digest(self.parent):
             raise InvalidManifest("parent must be a bare 64-hex manifest digest")
+        # Readers refuse a larger one: a manifest that could be written but not read would
+        # make its repository unreadable for good.
+        if len(self.canonical_bytes()) > MAX_MANIFEST_BYTES:
+            raise InvalidManifest(f"manifest larger than {MAX_MANIFEST_BYTES} bytes")
         return self
 
     @classmethod

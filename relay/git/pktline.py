@@ -122,16 +122,19 @@ def parse_commands(body: bytes) -> tuple[list[Command], set[str]]:
 ATOMIC_FAILURE = "atomic push failed"
 
 
-def refuse_all(stdout: bytes, commands: list[Command], side_band: bool) -> bytes:
-    """The report-status of a push refused whole: every command's ref `ng`, those git itself
-    refused with git's reason, the others with git's own wording for an atomic push.
-    Progress and error bands (2, 3) of a side-band report are kept, before it."""
+def refuse_all(
+    stdout: bytes, commands: list[Command], side_band: bool, reason: str | None = None
+) -> bytes:
+    """The report-status of a push refused whole: every command's ref `ng` with `reason`,
+    or else those git itself refused with git's reason and the others with git's own
+    wording for an atomic push. Progress and error bands (2, 3) of a side-band report are
+    kept, before it."""
     report = parse_report(stdout, side_band)
-    reasons = {ref: reason for ref, _, reason in (r.partition(" ") for r in report.rejected)}
+    reasons = {ref: why for ref, _, why in (r.partition(" ") for r in report.rejected)}
     inner = encode(b"unpack " + (b"ok" if report.unpack_ok else b"error") + b"\n")
     for command in commands:
-        reason = reasons.get(command.ref) or ATOMIC_FAILURE
-        inner += encode(f"ng {command.ref} {reason}\n".encode())
+        why = reason or reasons.get(command.ref) or ATOMIC_FAILURE
+        inner += encode(f"ng {command.ref} {why}\n".encode())
     inner += FLUSH
     if not side_band:
         return inner

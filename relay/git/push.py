@@ -15,6 +15,7 @@ is never retried here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,17 @@ class Conflict:
     pass
 
 
-PushOutcome = Published | Unchanged | Conflict
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The refs the push would leave break a bound that reads enforce (refs, refname
+    length, manifest size) or that the caller sets (`accept`); nothing was written."""
+
+    reason: str
+
+
+PushOutcome = Published | Unchanged | Conflict | Refused
+# The caller's own bound on the refs a push leaves (e.g. the size of the ref-state event).
+Acceptance = Callable[[model.Manifest], str | None]
 
 
 async def snapshot_refs(ws: Workspace, limits: GitLimits) -> tuple[dict[str, str], str]:
@@ -145,12 +156,22 @@ async def publish(
     pointer_key: str,
     limits: GitLimits,
     cache: PackCache | None = None,
+    accept: Acceptance | None = None,
 ) -> PushOutcome:
     parent = ws.manifest
     refs, observed_head = await snapshot_refs(ws, limits)
     head = published_head(observed_head, parent, refs)
     if refs == parent.refs and head == parent.head:
         return Unchanged()
+    # Before any pack is stored: what reads would refuse is never written.
+    trial = model.Manifest(head=head, refs=refs, packs=parent.packs, parent=ws.digest)
+    try:
+        trial.validate()
+    except model.InvalidManifest as exc:
+        return Refused(f"over a limit of the repository: {exc}")
+    reason = accept(trial) if accept is not None else None
+    if reason is not None:
+        return Refused(reason)
     packs = list(parent.packs)
     tips = sorted(set(refs.values()))
     if tips:
@@ -165,7 +186,11 @@ async def publish(
             raise ResourceLimit(f"the repository would exceed {limits.max_repo_bytes} bytes")
         keys = [await _store_pack(objects, p, cache, limits) for p in new]
         packs = keys if full else [*packs, *keys]
-    manifest = model.Manifest(head=head, refs=refs, packs=tuple(packs), parent=ws.digest).validate()
+    manifest = model.Manifest(head=head, refs=refs, packs=tuple(packs), parent=ws.digest)
+    try:
+        manifest.validate()
+    except model.InvalidManifest as exc:  # its new pack keys took it over the size bound
+        return Refused(f"over a limit of the repository: {exc}")
     digest = await objects.put_manifest(manifest)
     result = await objects.cas_pointer(pointer_key, digest, ws.token)
     if isinstance(result, LostRace):

@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
@@ -33,7 +34,7 @@ from relay.git import model, nip98, pktline, policy
 from relay.git.hook import SOCKET_ENV
 from relay.git.objectstore import StoreError
 from relay.git.packcache import PackCache
-from relay.git.push import Conflict, Published, publish
+from relay.git.push import Conflict, Published, Refused, publish
 from relay.git.refstate import build_ref_state
 from relay.git.workspace import (
     SERVE_OPTIONS,
@@ -402,8 +403,14 @@ class GitService:
         report = pktline.parse_report(result.stdout, "side-band-64k" in capabilities)
         stdout = result.stdout
         ok = result.returncode == 0 and report.unpack_ok and not report.rejected
+        side_band = "side-band-64k" in capabilities
         if ok and decision and not decision[0]:
-            outcome = await publish(self.relay.objects, ws, pointer_key, self.limits, self.cache)
+            outcome = await publish(
+                self.relay.objects, ws, pointer_key, self.limits, self.cache,
+                accept=partial(self._state_fits, route.repo_id, pusher),
+            )  # fmt: skip
+            if isinstance(outcome, Refused):
+                stdout = pktline.refuse_all(stdout, commands, side_band, outcome.reason)
             if isinstance(outcome, Conflict):
                 raise HttpError(
                     409,
@@ -415,7 +422,6 @@ class GitService:
         elif report.accepted:
             # git took some refs and refused others; nothing was published, so none of
             # them was pushed: a push is all or nothing, and the report says so.
-            side_band = "side-band-64k" in capabilities
             stdout = pktline.refuse_all(stdout, commands, side_band)
         await respond(stream, 200, stdout, "application/x-git-receive-pack-result", NO_CACHE)
 
@@ -450,6 +456,23 @@ class GitService:
                     }
                     await conn.send_all(orjson.dumps(answer))
 
+    def _state_fits(self, repo_id: str, pusher: str, manifest: model.Manifest) -> str | None:
+        """Why the ref-state event of `manifest` would be refused, or None: it is an event
+        like any other, and larger than RELAY_MAX_EVENT_BYTES no relay would take it."""
+        state = self._ref_state(repo_id, manifest, pusher, int(time.time()))
+        limit = self.relay.limits.max_event_bytes
+        if len(state.to_json().encode()) > limit:
+            return f"too many refs: the repository state event would be over {limit} bytes"
+        return None
+
+    def _ref_state(
+        self, repo_id: str, manifest: model.Manifest, pusher: str, created_at: int
+    ) -> Event:
+        return build_ref_state(
+            self.relay.key, repo_id=repo_id, head=manifest.head, refs=manifest.refs,
+            actor=pusher, created_at=created_at,
+        )  # fmt: skip
+
     async def _emit_ref_state(
         self, community_id: int, repo_id: str, outcome: Published, pusher: str
     ) -> None:
@@ -457,14 +480,8 @@ class GitService:
         previous = await relay.store.latest_created_at(
             community_id, relay.pubkey, kinds.REPO_STATE, repo_id
         )
-        state = build_ref_state(
-            relay.key,
-            repo_id=repo_id,
-            head=outcome.manifest.head,
-            refs=outcome.manifest.refs,
-            actor=pusher,
-            created_at=max(int(time.time()), (previous or 0) + 1),
-        )
+        created_at = max(int(time.time()), (previous or 0) + 1)
+        state = self._ref_state(repo_id, outcome.manifest, pusher, created_at)
         raw = state.to_json()
         result = await relay.store.save(community_id, state, raw)
         if result.outcome is Saved.STORED:

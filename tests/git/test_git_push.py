@@ -803,6 +803,37 @@ async def test_a_partly_refused_push_is_refused_whole(
         assert c2 not in before.values()
 
 
+async def test_a_push_past_the_bounds_reads_enforce_is_refused_with_a_reason_git_prints(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path
+) -> None:
+    """Refs a reader would refuse are never written: here the relay-signed ref-state event
+    would outgrow RELAY_MAX_EVENT_BYTES (the manifest bounds are unit-tested)."""
+    async with hosted_relay(
+        "filesystem", nursery, db_url, tmp_path / "data", max_event_bytes=8192
+    ) as h:
+        key = new_key()
+        git = Git(tmp_path / "home")
+        owner, url, work = await setup_repo(h, git, tmp_path, key, "bounded")
+        c1 = await git.commit(work, "README", "one\n", "first")
+        await git.run("push", "-q", "origin", "main", cwd=work, key=key, url=url)
+        before = await h.pointer(owner, "bounded")
+        [state_before] = await stored_states(h, "bounded")
+        many = [f"HEAD:refs/heads/{'b' * 150}{i:03d}" for i in range(60)]
+        pushed = await git.run(
+            "push", "--porcelain", "origin", *many, cwd=work, key=key, url=url, check=False
+        )
+        assert pushed.returncode != 0
+        out = pushed.stdout.decode()
+        assert out.count("[remote rejected] (too many refs: the repository state event") == 60
+        assert await h.pointer(owner, "bounded") == before
+        assert (await h.manifest(owner, "bounded")).refs == {"refs/heads/main": c1}
+        [state_after] = await stored_states(h, "bounded")
+        assert state_after["id"] == state_before["id"]
+        # Fewer refs fit, and go through.
+        await git.run("push", "-q", "origin", *many[:10], cwd=work, key=key, url=url)
+        assert len((await h.manifest(owner, "bounded")).refs) == 11
+
+
 async def test_private_reads_need_a_token(
     nursery: trio.Nursery, db_url: str, tmp_path: Path
 ) -> None:

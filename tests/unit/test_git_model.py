@@ -245,6 +245,20 @@ def test_at_most_10000_refs() -> None:
         Manifest.from_bytes(raw(refs=refs))
 
 
+def test_a_manifest_readers_would_refuse_is_not_valid_to_write() -> None:
+    """1,100 refs of ~1,950-byte names a push wrote a 6 MB manifest that every later read
+    refused (over MAX_MANIFEST_BYTES): the one validate() serves both sides now."""
+    name = "refs/heads/" + "n" * 1940
+    refs = {f"{name}{i:05d}": OID40 for i in range(2200)}
+    assert all(model.is_safe_refname(r) for r in refs) and len(refs) < MAX_MANIFEST_REFS
+    manifest = Manifest(refs=refs)
+    assert len(manifest.canonical_bytes()) > model.MAX_MANIFEST_BYTES
+    with pytest.raises(InvalidManifest, match="manifest larger than"):
+        manifest.validate()
+    fits = Manifest(refs=dict(list(refs.items())[:2000]))
+    assert fits.validate() is fits
+
+
 # -- pack keys ------------------------------------------------------------------------------
 
 
