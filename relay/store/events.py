@@ -143,6 +143,31 @@ def count_sql(community_id: int, filters: tuple[Filter, ...], now: int) -> tuple
 # -- the store -----------------------------------------------------------------------------
 
 
+# NIP-09 under concurrency: an insert's already-deleted check and a deletion's removal of
+# the same event would not see each other's uncommitted rows (READ COMMITTED), so both run
+# under a transaction-scoped advisory lock on the target: its id, and for a replaceable or
+# addressable event its coordinate too. Every transaction takes coordinate locks before id
+# locks, and the locks of one step in key order, so two of them never wait on each other.
+_LOCK_IN_ORDER = (
+    "SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT DISTINCT hashtextextended(name, cid)"
+    " AS k FROM unnest($1::integer[], $2::text[]) AS t(cid, name) ORDER BY k) AS keys"
+)
+
+
+def event_lock(event_id: str) -> str:
+    return f"event:{event_id}"
+
+
+def coordinate_lock(pubkey: str, kind: int, d: str) -> str:
+    return f"{pubkey}:{kind}:{d}"
+
+
+async def lock_targets(conn: Connection, targets: list[tuple[int, str]]) -> None:
+    """Take the advisory locks of (community id, lock name) pairs, in key order."""
+    if targets:
+        await conn.fetchval(_LOCK_IN_ORDER, [c for c, _ in targets], [n for _, n in targets])
+
+
 async def _already_deleted(conn: Connection, cid: int, event: Event, d: str | None) -> bool:
     if await conn.fetchval(
         "SELECT 1 FROM deleted_events WHERE community_id = $1 AND event_id = $2 AND pubkey = $3",
@@ -165,12 +190,7 @@ async def _already_deleted(conn: Connection, cid: int, event: Event, d: str | No
 
 
 async def _replace_older(conn: Connection, cid: int, event: Event, d: str) -> Saved | None:
-    """Serialize writers of one coordinate and remove an older version; None to go on."""
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))",
-        f"{event.pubkey}:{event.kind}:{d}",
-        cid,
-    )
+    """Remove an older version of the coordinate (its lock is held); None to go on."""
     current = await conn.fetchrow(
         "SELECT id, created_at FROM events"
         " WHERE community_id = $1 AND pubkey = $2 AND kind = $3 AND coordinate_d = $4",
@@ -196,7 +216,12 @@ async def _replace_older(conn: Connection, cid: int, event: Event, d: str) -> Sa
 async def _apply_deletion(conn: Connection, cid: int, request: Event) -> list[Coordinate]:
     author = bytes.fromhex(request.pubkey)
     removed: list[Coordinate] = []
-    ids = [bytes.fromhex(v) for v in request.tag_values("e") if is_hex(v, 64)]
+    targets = [parse_address(v) for v in request.tag_values("a")]
+    addresses = [a for a in targets if a is not None and a.pubkey == request.pubkey]
+    hex_ids = [v for v in request.tag_values("e") if is_hex(v, 64)]
+    await lock_targets(conn, [(cid, coordinate_lock(a.pubkey, a.kind, a.d)) for a in addresses])
+    await lock_targets(conn, [(cid, event_lock(i)) for i in hex_ids])
+    ids = [bytes.fromhex(v) for v in hex_ids]
     if ids:
         rows = await conn.fetch(
             "DELETE FROM events WHERE community_id = $1 AND id = ANY($2) AND pubkey = $3"
@@ -216,10 +241,7 @@ async def _apply_deletion(conn: Connection, cid: int, request: Event) -> list[Co
             " ON CONFLICT DO NOTHING",
             [(cid, i, author) for i in ids],
         )
-    for value in request.tag_values("a"):
-        address = parse_address(value)
-        if address is None or address.pubkey != request.pubkey:
-            continue
+    for address in addresses:
         rows = await conn.fetch(
             "DELETE FROM events WHERE community_id = $1 AND pubkey = $2 AND kind = $3"
             " AND coordinate_d = $4 AND created_at <= $5 RETURNING kind",
@@ -246,6 +268,9 @@ async def _apply_deletion(conn: Connection, cid: int, request: Event) -> list[Co
 
 async def _save_in_transaction(conn: Connection, cid: int, event: Event, raw: str) -> SaveResult:
     d = coordinate_d(event)
+    if d is not None:  # also serializes the writers of one coordinate
+        await lock_targets(conn, [(cid, coordinate_lock(event.pubkey, event.kind, d))])
+    await lock_targets(conn, [(cid, event_lock(event.id))])
     if await _already_deleted(conn, cid, event, d):
         return SaveResult(Saved.DELETED)
     if d is not None:

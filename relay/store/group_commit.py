@@ -18,7 +18,7 @@ from relay.events.kinds import Storage, storage_class
 from relay.events.model import Event
 from relay.events.rules import expiration_of
 from relay.store.db import Connection, Database
-from relay.store.events import Saved, SaveResult, indexed_tags
+from relay.store.events import Saved, SaveResult, event_lock, indexed_tags, lock_targets
 
 MAX_BATCH = 500
 WRITERS = 3
@@ -42,6 +42,8 @@ async def save_regular(conn: Connection, batch: list[Pending]) -> list[Saved]:
     ids = [bytes.fromhex(p.event.id) for p in batch]
     pubkeys = [bytes.fromhex(p.event.pubkey) for p in batch]
     async with conn.transaction():
+        # Before the already-deleted check: a deletion of one of these holds it meanwhile.
+        await lock_targets(conn, [(p.community_id, event_lock(p.event.id)) for p in batch])
         deleted = {
             (r["community_id"], bytes(r["event_id"]))
             for r in await conn.fetch(
