@@ -33,6 +33,7 @@ from relay.git.stores import describe, open_object_store, probe_store
 from relay.git.workspace import GitLimits
 from relay.keys import load_or_create_key, pubkey_hex
 from relay.metrics import Metrics, TimedObjectStore
+from relay.probes import Check, Prober
 from relay.protocol.limits import Limits
 from relay.pubsub.fanout import Fanout
 from relay.pubsub.redis_bridge import RedisBridge
@@ -73,24 +74,36 @@ class Relay:
     shutdown: trio.Event = field(default_factory=trio.Event)
     # Open websocket connections (ClientConnection), told to stop reading on shutdown.
     connections: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
+    prober: Prober = field(default_factory=Prober)
 
     @property
     def pubkey(self) -> str:
         return pubkey_hex(self.key)
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
-        """Ready when Postgres and the object store answer. Redis only degrades the relay
-        (events still reach this pod's clients and storage), so it is reported, not gated."""
-        checks = {
-            "postgres": "ok" if await self.db.ping() else "unreachable",
-            "object_store": "ok" if await self._object_store_answers() else "unreachable",
+        """Ready when Postgres and the object store answer, each within
+        READINESS_CHECK_SECONDS (checked at once, so a stalled backend gets a 503 in time,
+        not a hung probe). Redis only degrades the relay (events still reach this pod's
+        clients and storage, rate limits go local), so it is reported, not gated."""
+        checks: dict[str, Check] = {
+            "postgres": self.db.ping,
+            "object_store": self._object_store_answers,
         }
-        ready = all(v == "ok" for v in checks.values()) and not self.shutdown.is_set()
         if self.bridge is not None:
-            checks["redis"] = "ok" if self.bridge.healthy else "degraded"
+            checks["redis"] = self.bridge.answers
+        answers = await self.prober.answers(checks)
+        states = {
+            name: "ok" if answer else "stalled" if answer is None else "unreachable"
+            for name, answer in answers.items()
+        }
+        ready = states["postgres"] == states["object_store"] == "ok"
+        if self.bridge is not None:
+            healthy = answers["redis"] and self.bridge.healthy and self.limiter.shared
+            states["redis"] = "ok" if healthy else "degraded"
         if self.shutdown.is_set():
-            checks["shutdown"] = "in progress"
-        return ready, checks
+            states["shutdown"] = "in progress"
+            ready = False
+        return ready, dict(sorted(states.items()))
 
     async def _object_store_answers(self) -> bool:
         try:
@@ -275,6 +288,7 @@ async def serve(
         background.start_soon(group.run)
         background.start_soon(relay.ingest.verifier.run)
         background.start_soon(purge_expired_forever, relay)
+        background.start_soon(relay.prober.run)
         async with trio.open_nursery() as connections:
             listeners = await trio.open_tcp_listeners(settings.port, host=settings.bind)
             port = listeners[0].socket.getsockname()[1]

@@ -4,6 +4,7 @@ restartable on the same port (to test how the relay rides out a Redis outage).""
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -73,6 +74,16 @@ class RedisServer:
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
             return False
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its connections open and answers nothing (stalled,
+        not dead), as an overloaded or partitioned Redis would."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         """Kill it outright (SIGKILL): connections drop as they would on a crash."""

@@ -31,6 +31,7 @@ BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 POLL_SECONDS = 1.0
 CONNECT_TIMEOUT = 5.0
+CLOSE_SECONDS = 1.0
 
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
@@ -71,6 +72,19 @@ class RedisBridge:
     @property
     def healthy(self) -> bool:
         return self.stats.subscriber_up and self.stats.publisher_up
+
+    async def answers(self) -> bool:
+        """Whether Redis answers a PING now. The publish and subscribe loops learn of a
+        stalled (not dead) Redis only when a call of theirs times out, if ever."""
+        client = self._client()
+        try:
+            return bool(await aio_as_trio(client.ping)())
+        except REDIS_ERRORS:
+            return False
+        finally:
+            with trio.move_on_after(CLOSE_SECONDS) as closing:
+                closing.shield = True
+                await _close(client)
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:

@@ -20,6 +20,11 @@ log = logging.getLogger(__name__)
 
 MAX_TRACKED_KEYS = 100_000
 WINDOW_SECONDS = 10
+# A shared check that takes longer is given up (local buckets decide), and Redis is then
+# left alone for BREAKER_SECONDS: a stalled Redis costs one message at most this much, not
+# every message of every client a timeout each.
+SHARED_TIMEOUT_SECONDS = 0.1
+BREAKER_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +80,8 @@ class RateLimiter:
         self.prefix = prefix
         self._redis = aioredis.Redis.from_url(redis_url, socket_timeout=1) if redis_url else None
         self.refused = 0
+        self._redis_skipped_until = float("-inf")
+        self.breaker_trips = 0
 
     def _rate(self, action: str) -> Rate:
         return {"event": self.limits.events, "req": self.limits.reqs}.get(
@@ -98,12 +105,32 @@ class RateLimiter:
         key = f"{self.prefix}:rate:{action}:{who}:{window}"
         budget = rate.burst + rate.per_second * WINDOW_SECONDS
         assert self._redis is not None
-        try:
-            count = await aio_as_trio(self._incr)(key)
-        except REDIS_ERRORS as exc:
-            log.debug("shared rate limit unavailable: %s", exc)
+        if trio.current_time() < self._redis_skipped_until:
+            return None
+        count: int | None = None
+        with trio.move_on_after(SHARED_TIMEOUT_SECONDS):
+            try:
+                count = await aio_as_trio(self._incr)(key)
+            except REDIS_ERRORS as exc:
+                log.debug("shared rate limit unavailable: %s", exc)
+        if count is None:
+            self._trip()
             return None
         return bool(count <= budget)
+
+    def _trip(self) -> None:
+        self._redis_skipped_until = trio.current_time() + BREAKER_SECONDS
+        self.breaker_trips += 1
+        log.warning(
+            "redis did not answer a rate-limit check within %.0f ms: local limits for %.0f s",
+            SHARED_TIMEOUT_SECONDS * 1000,
+            BREAKER_SECONDS,
+        )
+
+    @property
+    def shared(self) -> bool:
+        """Whether rate limits are shared through Redis right now."""
+        return self._redis is not None and trio.current_time() >= self._redis_skipped_until
 
     async def _incr(self, key: str) -> int:
         assert self._redis is not None
