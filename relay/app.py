@@ -172,7 +172,7 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
             log.info("applied migrations %s", applied)
         communities = Communities(db)
         await communities.ensure(list(settings.hosts))
-        store = EventStore(db)
+        store = EventStore(db, settings.query_timeout_seconds)
         fanout = Fanout()
         limits = settings.limits
         key = load_or_create_key(settings.secret_key, settings.data_path)

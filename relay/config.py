@@ -254,6 +254,9 @@ SETTINGS: tuple[Setting, ...] = (
             _int_in(0, 1 << 44)),
     Setting("RELAY_GIT_AUTH_WINDOW_SECONDS", "git_auth_window_seconds", "60",
             "how old a NIP-98 token may be", _int_in(1, 3600)),
+    Setting("RELAY_QUERY_TIMEOUT_SECONDS", "query_timeout_seconds", "2",
+            "a REQ or COUNT query running longer is cancelled (CLOSED error: query too"
+            " expensive)", _float_in(0.05, 600)),
     Setting("RELAY_INGEST_TIMEOUT_SECONDS", "ingest_timeout_seconds", "30",
             "deadline for storing one event with its side effects", _float_in(0.1, 3600)),
     Setting("RELAY_COMPENSATION_TIMEOUT_SECONDS", "compensation_timeout_seconds", "10",
@@ -324,6 +327,7 @@ class Settings:
     git_auth_window_seconds: int
     git_pack_cache_bytes: int
     ingest_timeout_seconds: float
+    query_timeout_seconds: float
     compensation_timeout_seconds: float
     max_outbound_bytes: int
 

@@ -23,6 +23,7 @@ from relay.protocol.session import Session
 from relay.server.outbox import Outbox
 from relay.server.wsstream import WebSocketStream
 from relay.store.db import STORE_ERRORS
+from relay.store.events import QueryTooExpensive
 
 if TYPE_CHECKING:
     from relay.app import Relay
@@ -34,6 +35,8 @@ GOING_AWAY_CLOSE_CODE = 1001
 PIPELINED_EVENTS = 32
 WRITE_BATCH_BYTES = 256 * 1024
 QUERY_FAILED = "error: the query could not be run, try again"
+# Not "try again": the same filters would run over the query timeout again.
+QUERY_TOO_EXPENSIVE = "error: query too expensive"
 # Time allowed to tell a slow consumer why it is being disconnected.
 GOODBYE_SECONDS = 5.0
 
@@ -198,6 +201,9 @@ class ClientConnection:
                 n = await self.relay.store.count(
                     self.community_id, parsed.filters, int(time.time())
                 )
+            except QueryTooExpensive:
+                await out.put(msg.closed(parsed.sub_id, QUERY_TOO_EXPENSIVE))
+                return
             except STORE_ERRORS as exc:
                 log.error("COUNT failed: %s", exc)
                 await out.put(msg.closed(parsed.sub_id, QUERY_FAILED))
@@ -273,6 +279,10 @@ class ClientConnection:
             stored = await self.relay.store.query(
                 self.community_id, req.filters, int(time.time())
             )
+        except QueryTooExpensive:
+            self._close_subscription(req.sub_id)
+            await self.outbox.put(msg.closed(req.sub_id, QUERY_TOO_EXPENSIVE))
+            return
         except STORE_ERRORS as exc:
             log.error("REQ failed: %s", exc)
             self._close_subscription(req.sub_id)

@@ -132,12 +132,14 @@ def select_sql(community_id: int, flt: Filter, now: int) -> tuple[str, list[Any]
 
 
 def count_sql(community_id: int, filters: tuple[Filter, ...], now: int) -> tuple[str, list[Any]]:
+    """One index-driven scan a filter, joined by UNION (an event that matches several
+    counts once): filters ORed in one WHERE made the planner read every event."""
     args = _Args([community_id, now])
     clauses = [" AND ".join(_conditions(f, args)) for f in filters if f.can_match_anything()]
     if not clauses:
         return "SELECT 0", []
-    either = " OR ".join(f"({c})" for c in clauses)
-    return f"SELECT count(*) FROM events e WHERE {either}", args.values
+    scans = " UNION ".join(f"SELECT e.id FROM events e WHERE {c}" for c in clauses)
+    return f"SELECT count(*) FROM ({scans}) AS matched", args.values
 
 
 # -- the store -----------------------------------------------------------------------------
@@ -362,35 +364,54 @@ def single_tag_sql(cid: int, flt: Filter) -> tuple[str, list[Any]] | None:
     return sql, args.values
 
 
-async def _select(conn: Connection, cid: int, flt: Filter, now: int) -> list[Any]:
+# A query may run this long before it is cancelled (RELAY_QUERY_TIMEOUT_SECONDS).
+QUERY_TIMEOUT_SECONDS = 2.0
+
+
+class QueryTooExpensive(Exception):
+    """A REQ or COUNT query ran past the query timeout and was cancelled."""
+
+
+async def _fetch(conn: Connection, sql: str, args: list[Any], timeout: float) -> list[Any]:
+    """Rows of one query, cancelled on the server past `timeout` seconds."""
+    try:
+        return list(await conn.fetch(sql, *args, timeout=timeout))
+    except TimeoutError:
+        raise QueryTooExpensive(f"the query ran over {timeout:g} s") from None
+
+
+async def _select(
+    conn: Connection, cid: int, flt: Filter, now: int, timeout: float
+) -> list[Any]:
     fast = single_tag_sql(cid, flt)
     if fast is not None:
-        rows = await conn.fetch(fast[0], *fast[1])
+        rows = await _fetch(conn, fast[0], fast[1], timeout)
         live = [r for r in rows if r["expires_at"] is None or r["expires_at"] > now]
         # Expired events that the purge has not removed yet took places in the limit:
         # only then is the general query needed.
         if len(live) == len(rows) or len(rows) < (flt.limit or 0):
             return live
     sql, args = select_sql(cid, flt, now)
-    return list(await conn.fetch(sql, *args))
+    return await _fetch(conn, sql, args, timeout)
 
 
 async def _query(
-    conn: Connection, cid: int, filters: tuple[Filter, ...], now: int
+    conn: Connection, cid: int, filters: tuple[Filter, ...], now: int, timeout: float
 ) -> list[tuple[str, str]]:
     seen: dict[bytes, tuple[int, bytes, str]] = {}
     for flt in filters:
         if flt.limit == 0 or not flt.can_match_anything():
             continue
-        for row in await _select(conn, cid, flt, now):
+        for row in await _select(conn, cid, flt, now, timeout):
             seen[row["id"]] = (row["created_at"], row["id"], row["raw"])
     ordered = sorted(seen.values(), key=lambda r: (-r[0], r[1]))
     return [(event_id.hex(), raw) for _, event_id, raw in ordered]
 
 
 class EventStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, query_timeout: float = QUERY_TIMEOUT_SECONDS) -> None:
         self.db = db
+        self.query_timeout = query_timeout
         self.removal_hooks: tuple[RemovalHook, ...] = ()
         # Set while a group-commit writer runs: regular events are then stored in batches.
         self.group: GroupWriter | None = None
@@ -426,8 +447,9 @@ class EventStore:
     async def query(
         self, community_id: int, filters: tuple[Filter, ...], now: int
     ) -> list[tuple[str, str]]:
-        """(id, JSON) of stored events matching any filter: newest first, ties by lowest id."""
-        return await self.db.run(_query, community_id, filters, now)
+        """(id, JSON) of stored events matching any filter: newest first, ties by lowest id.
+        QueryTooExpensive past the query timeout."""
+        return await self.db.run(_query, community_id, filters, now, self.query_timeout)
 
     async def latest_created_at(
         self, community_id: int, pubkey: str, kind: int, d: str
@@ -451,7 +473,7 @@ class EventStore:
         sql, args = count_sql(community_id, filters, now)
 
         async def fetch(conn: Connection) -> int:
-            return int(await conn.fetchval(sql, *args))
+            return int((await _fetch(conn, sql, args, self.query_timeout))[0][0])
 
         return await self.db.run(fetch)
 

@@ -497,3 +497,22 @@ async def test_an_event_not_stored_in_time_gets_ok_false(
         answer = await client.publish(event)
         assert answer[:3] == ["OK", event.id, True]
     assert event.id in await stored_ids(relay)
+
+
+# -- the query timeout -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("verb", ["REQ", "COUNT"])
+async def test_a_query_over_the_timeout_is_cancelled_and_closed(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path, verb: str
+) -> None:
+    """A query that runs past RELAY_QUERY_TIMEOUT_SECONDS is cancelled on the server and
+    the subscription closed. Here it waits for a real lock held by another session; an
+    expensive filter ends the same way."""
+    relay = await start_relay(nursery, db_url, tmp_path, query_timeout_seconds=0.5)
+    async with events_table_locked(db_url), connect(relay.port) as client:
+        await client.send([verb, "slow", {"kinds": [1]}])
+        assert await client.recv() == ["CLOSED", "slow", "error: query too expensive"]
+    # Nothing is left behind: the relay answers the same query once the lock is gone.
+    async with connect(relay.port) as client:
+        assert await client.req("fast", {"kinds": [1]}) == []
