@@ -27,6 +27,7 @@ from relay.git.objectstore import GitObjects, ObjectStore, StoreError
 from relay.git.packcache import PackCache
 from relay.git.probe import ProbeFailed
 from relay.git.refstate import check_ref_state
+from relay.git.refsync import RefStates, reconcile_forever
 from relay.git.registry import RepoRegistry
 from relay.git.smart_http import GitService
 from relay.git.stores import describe, open_object_store, probe_store
@@ -68,6 +69,7 @@ class Relay:
     registry: RepoRegistry
     metrics: Metrics
     limiter: RateLimiter
+    ref_states: RefStates
     bridge: RedisBridge | None = None
     git: GitService | None = None
     # Set on SIGTERM: stop accepting, close websockets with 1001, let work in flight finish.
@@ -193,6 +195,7 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
             registry=registry,
             metrics=metrics,
             limiter=RateLimiter(settings.rate, settings.redis_url, settings.redis_prefix),
+            ref_states=RefStates(store, objects, key, fanout.publish),
         )
         if settings.redis_url:
             relay.bridge = RedisBridge(
@@ -289,6 +292,11 @@ async def serve(
         background.start_soon(relay.ingest.verifier.run)
         background.start_soon(purge_expired_forever, relay)
         background.start_soon(relay.prober.run)
+        if settings.git_reconcile_seconds > 0:
+            background.start_soon(
+                reconcile_forever, relay.ref_states, relay.registry,
+                settings.git_reconcile_seconds,
+            )  # fmt: skip
         async with trio.open_nursery() as connections:
             listeners = await trio.open_tcp_listeners(settings.port, host=settings.bind)
             port = listeners[0].socket.getsockname()[1]

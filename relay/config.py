@@ -236,6 +236,9 @@ SETTINGS: tuple[Setting, ...] = (
             "the whole probe must finish within this time", _float_in(1, 3600)),
     Setting("RELAY_GIT_MAX_REPOS_PER_PUBKEY", "git_max_repos_per_pubkey", "100",
             "repo names one pubkey may hold in a community", _int_in(0, 1_000_000)),
+    Setting("RELAY_GIT_RECONCILE_SECONDS", "git_reconcile_seconds", "300",
+            "how often every hosted repo's relay-signed 30618 is checked against its pointer"
+            " (and at start-up); 0 turns it off", _float_in(0, 86400)),
     Setting("RELAY_GIT_PUBLIC_READ", "git_public_read", "true",
             "anyone may clone and fetch; false requires NIP-98 for reads too", _bool),
     Setting("RELAY_GIT_MAX_PACK_BYTES", "git_max_pack_bytes", "268435456",
@@ -319,6 +322,7 @@ class Settings:
     git_probe_deadline_seconds: float
     git_max_repos_per_pubkey: int
     git_public_read: bool
+    git_reconcile_seconds: float
     git_max_pack_bytes: int
     git_max_repo_bytes: int
     git_max_processes: int

@@ -15,6 +15,7 @@ is never retried here.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +23,11 @@ from pathlib import Path
 import trio
 
 from relay.git import model
-from relay.git.objectstore import GitObjects, LostRace, Won
+from relay.git.objectstore import GitObjects, LostRace, StoreError, Won
 from relay.git.packcache import PackCache
 from relay.git.workspace import GitLimits, ResourceLimit, Workspace, run_git
+
+log = logging.getLogger(__name__)
 
 # Past this many packs a push repacks everything reachable into one pack.
 COMPACT_AT_PACKS = 96
@@ -192,8 +195,24 @@ async def publish(
     except model.InvalidManifest as exc:  # its new pack keys took it over the size bound
         return Refused(f"over a limit of the repository: {exc}")
     digest = await objects.put_manifest(manifest)
-    result = await objects.cas_pointer(pointer_key, digest, ws.token)
+    result = await cas_or_read_back(objects, pointer_key, digest, ws.token)
     if isinstance(result, LostRace):
         return Conflict()
     assert isinstance(result, Won)
     return Published(manifest, digest, result.token)
+
+
+async def cas_or_read_back(
+    objects: GitObjects, key: str, digest: str, if_match: str | None
+) -> Won | LostRace:
+    """The pointer CAS; when its answer is lost (the store may or may not have applied it),
+    the pointer is read back: naming our manifest, the CAS won (a manifest digest is
+    unique to its content and parent), else the failure stands."""
+    try:
+        return await objects.cas_pointer(key, digest, if_match)
+    except StoreError:
+        current = await objects.read_pointer(key)
+        if current is not None and current[1] == digest:
+            log.warning("the answer to the CAS of %s was lost; the pointer shows it won", key)
+            return Won(current[0])
+        raise

@@ -15,6 +15,19 @@ from relay.git import model
 PUBLISHED_PREFIXES = ("refs/heads/", "refs/tags/")
 
 
+def state_tags(repo_id: str, head: str, refs: dict[str, str]) -> list[list[str]]:
+    """`d`, every safe `refs/heads/*` and `refs/tags/*` ref, and `HEAD`: what a relay-signed
+    30618 says of a manifest (its `p` tag names who caused it, not the state)."""
+    tags = [["d", repo_id]]
+    for name in sorted(refs):
+        oid = refs[name]
+        published = name.startswith(PUBLISHED_PREFIXES) and model.is_safe_refname(name)
+        if published and model.is_oid(oid):
+            tags.append([name, oid])
+    tags.append(["HEAD", f"ref: {head}"])
+    return tags
+
+
 def build_ref_state(
     key: PrivateKey,
     *,
@@ -24,18 +37,17 @@ def build_ref_state(
     actor: str,
     created_at: int,
 ) -> Event:
-    """`d`, every safe `refs/heads/*` and `refs/tags/*` ref, `HEAD`, and `p` = the actor."""
+    """The state tags, and `p` = the actor."""
     if not is_hex(actor, 64):
         raise ValueError("the actor must be a 64-hex pubkey")
-    tags = [["d", repo_id]]
-    for name in sorted(refs):
-        oid = refs[name]
-        published = name.startswith(PUBLISHED_PREFIXES) and model.is_safe_refname(name)
-        if published and model.is_oid(oid):
-            tags.append([name, oid])
-    tags.append(["HEAD", f"ref: {head}"])
-    tags.append(["p", actor])
+    tags = [*state_tags(repo_id, head, refs), ["p", actor]]
     return sign_event(key, kind=kinds.REPO_STATE, tags=tags, created_at=created_at)
+
+
+def states_agree(event: Event, repo_id: str, manifest: model.Manifest) -> bool:
+    """Whether a relay-signed 30618 says what `manifest` holds."""
+    said = [list(tag) for tag in event.tags if tag and tag[0] != "p"]
+    return said == state_tags(repo_id, manifest.head, manifest.refs)
 
 
 def check_ref_state(event: Event) -> str | None:

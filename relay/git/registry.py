@@ -170,6 +170,18 @@ class RepoRegistry:
 
         return await self.db.run(fetch)
 
+    async def all_names(self) -> list[tuple[int, str, str]]:
+        """(community id, repo id, owner) of every hosted repository, in every community."""
+
+        async def fetch(conn: Connection) -> list[tuple[int, str, str]]:
+            rows = await conn.fetch(
+                "SELECT community_id, repo_id, owner_pubkey FROM git_repo_names"
+                " ORDER BY community_id, repo_id"
+            )
+            return [(r["community_id"], r["repo_id"], r["owner_pubkey"]) for r in rows]
+
+        return await self.db.run(fetch)
+
     async def count_for_owner(self, community_id: int, owner: str) -> int:
         async def fetch(conn: Connection) -> int:
             return int(

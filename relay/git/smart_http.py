@@ -36,6 +36,7 @@ from relay.git.objectstore import StoreError
 from relay.git.packcache import PackCache
 from relay.git.push import Conflict, Published, Refused, publish
 from relay.git.refstate import build_ref_state
+from relay.git.refsync import CONVERGE_ERRORS
 from relay.git.workspace import (
     SERVE_OPTIONS,
     GitFailed,
@@ -59,7 +60,6 @@ from relay.server.http import (
     respond,
     send_chunked,
 )
-from relay.store.events import Saved
 
 if TYPE_CHECKING:
     from relay.app import Relay
@@ -418,7 +418,7 @@ class GitService:
                     "fetch, merge or rebase, and push again",
                 )
             if isinstance(outcome, Published) and outcome.digest != ws.digest:
-                await self._emit_ref_state(community_id, route.repo_id, outcome, pusher)
+                await self._announce_state(community_id, route, pusher)
         elif report.accepted:
             # git took some refs and refused others; nothing was published, so none of
             # them was pushed: a push is all or nothing, and the report says so.
@@ -473,19 +473,16 @@ class GitService:
             actor=pusher, created_at=created_at,
         )  # fmt: skip
 
-    async def _emit_ref_state(
-        self, community_id: int, repo_id: str, outcome: Published, pusher: str
-    ) -> None:
-        relay = self.relay
-        previous = await relay.store.latest_created_at(
-            community_id, relay.pubkey, kinds.REPO_STATE, repo_id
-        )
-        created_at = max(int(time.time()), (previous or 0) + 1)
-        state = self._ref_state(repo_id, outcome.manifest, pusher, created_at)
-        raw = state.to_json()
-        result = await relay.store.save(community_id, state, raw)
-        if result.outcome is Saved.STORED:
-            relay.fanout.publish(community_id, state, raw)
+    async def _announce_state(self, community_id: int, route: GitRoute, pusher: str) -> None:
+        """The relay-signed 30618 after a push. The push is done (the CAS committed it), so
+        its answer never depends on this: a failure here is the reconciler's to mend."""
+        try:
+            await self.relay.ref_states.converge(community_id, route.owner, route.repo_id, pusher)
+        except CONVERGE_ERRORS as exc:
+            log.warning(
+                "the ref state of %s/%s is behind its push (%s); the reconciler will emit it",
+                route.owner, route.repo_id, exc,
+            )  # fmt: skip
 
 
 async def _fail(
