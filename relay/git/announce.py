@@ -45,15 +45,20 @@ class SeedError(Exception):
     """The pointer could not be established; the announcement fails."""
 
 
-async def seed_pointer(objects: GitObjects, key: str) -> None:
-    """Strict: create the pointer on the shared empty manifest, or find exactly that."""
+async def seed_pointer(objects: GitObjects, key: str) -> str:
+    """For a fresh claim: create the pointer on the shared empty manifest; the manifest
+    digest it names. A pointer that is already there is never overwritten: its key holds
+    the owner and the repo id, so it is this owner's, left by a deletion whose pointer
+    removal failed, and it is adopted as it is (the repository comes back as it was)."""
     empty = await objects.put_manifest(model.EMPTY_MANIFEST)
-    if not isinstance(await objects.cas_pointer(key, empty, None), Won):
-        current = await objects.read_pointer(key)
-        if current is None:
-            raise SeedError(f"{key} lost its create race and then vanished")
-        if current[1] != empty:
-            raise SeedError(f"{key} already names a non-empty manifest; refusing to overwrite")
+    if isinstance(await objects.cas_pointer(key, empty, None), Won):
+        return empty
+    current = await objects.read_pointer(key)
+    if current is None:
+        raise SeedError(f"{key} lost its create race and then vanished")
+    if current[1] != empty:
+        log.info("%s: adopting the pointer a deletion left behind", key)
+    return current[1]
 
 
 async def drop_empty_pointer(objects: GitObjects, key: str) -> None:
@@ -145,10 +150,13 @@ class Announcements:
                     Verdict(False, f"blocked: limit of {reservation.limit} repos per pubkey")
                 )
             fresh = isinstance(reservation, Reserved)
+            manifest = model.EMPTY_MANIFEST
             try:
                 if fresh:
                     seeded = True
-                    await seed_pointer(self.objects, key)
+                    digest = await seed_pointer(self.objects, key)
+                    if digest != model.EMPTY_MANIFEST.digest:
+                        manifest = await self.objects.get_manifest(digest)
                 else:
                     await ensure_pointer(self.objects, key)
             except (SeedError, StoreError) as exc:
@@ -156,7 +164,7 @@ class Announcements:
                 return Handled(SEED_FAILED)
             batch = [(event, raw)]
             if fresh:
-                state = await self._initial_ref_state(community_id, repo_id, owner)
+                state = await self._initial_ref_state(community_id, repo_id, owner, manifest)
                 batch.append((state, state.to_json()))
             results = await self.store.save_together(
                 community_id, batch, precondition=partial(name_held, repo_id=repo_id, owner=owner)
@@ -173,7 +181,9 @@ class Announcements:
         ]
         return Handled(ANSWERS[outcome], tuple(stored))
 
-    async def _initial_ref_state(self, community_id: int, repo_id: str, owner: str) -> Event:
+    async def _initial_ref_state(
+        self, community_id: int, repo_id: str, owner: str, manifest: model.Manifest
+    ) -> Event:
         previous = await self.store.latest_created_at(
             community_id, self.relay_pubkey, kinds.REPO_STATE, repo_id
         )
@@ -181,8 +191,8 @@ class Announcements:
         return build_ref_state(
             self.relay_key,
             repo_id=repo_id,
-            head=model.DEFAULT_HEAD,
-            refs={},
+            head=manifest.head,
+            refs=manifest.refs,
             actor=owner,
             created_at=created_at,
         )
