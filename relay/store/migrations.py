@@ -3,6 +3,14 @@
 Files are `NNNN_name.sql` in the `relay.migrations` package (the `sql/` folder of the tree).
 Pods that start together serialize on one Postgres advisory lock; an applied file whose
 bytes changed stops start-up with a message naming it.
+
+A migration runs in one transaction, unless its first line is `-- relay: no-transaction`:
+then each statement (ended by a `;` at the end of a line) runs on its own, as
+`CREATE INDEX CONCURRENTLY` must, which builds an index on a large table without blocking
+its writes. Such a migration must be safe to run again from the start (a failure part-way
+leaves its earlier statements applied and the migration unrecorded): drop what a failed
+run may have left first (`DROP INDEX CONCURRENTLY IF EXISTS ...`). Index changes on
+`events` and `event_tags` are written this way from 0004 on (0003 stays as it was applied).
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ from relay.store.db import Connection, Database
 # An arbitrary constant shared by every pod: "relay migrations".
 MIGRATION_LOCK_KEY = 0x72656C61794D4947
 _FILE_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+NO_TRANSACTION = "-- relay: no-transaction"
+_STATEMENT_END = re.compile(r";[ \t]*$", re.MULTILINE)
 
 CREATE_LEDGER = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -41,6 +51,19 @@ class Migration:
     @property
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    @property
+    def transactional(self) -> bool:
+        return not self.sql.lstrip().startswith(NO_TRANSACTION)
+
+    def statements(self) -> list[str]:
+        """The statements of a no-transaction migration, each ended by `;` at a line end."""
+        parts = (part.strip() for part in _STATEMENT_END.split(self.sql))
+        return [part for part in parts if _without_comments(part)]
+
+
+def _without_comments(sql: str) -> str:
+    return "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
 
 
 def load_migrations() -> list[Migration]:
@@ -79,18 +102,27 @@ async def _apply(conn: Connection, migrations: list[Migration]) -> list[int]:
                         "(checksum mismatch); migrations are append-only"
                     )
                 continue
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    migration.version,
-                    migration.name,
-                    migration.checksum,
-                )
+            if migration.transactional:
+                async with conn.transaction():
+                    await conn.execute(migration.sql)
+                    await _record(conn, migration)
+            else:
+                for statement in migration.statements():
+                    await conn.execute(statement)
+                await _record(conn, migration)
             newly_applied.append(migration.version)
         return newly_applied
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+
+
+async def _record(conn: Connection, migration: Migration) -> None:
+    await conn.execute(
+        "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+        migration.version,
+        migration.name,
+        migration.checksum,
+    )
 
 
 async def migrate(db: Database, migrations: list[Migration] | None = None) -> list[int]:

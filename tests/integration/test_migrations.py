@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
 import trio
 
@@ -67,3 +69,47 @@ async def test_concurrent_starts_apply_each_migration_once(
     applied = [r for r in results if r]
     assert len(applied) == 1
     assert applied[0] == [m.version for m in load_migrations()]
+
+
+CONCURRENT_INDEX = """-- relay: no-transaction
+-- Builds without blocking writes to events; safe to run again after a failure.
+DROP INDEX CONCURRENTLY IF EXISTS events_by_pubkey_test;
+CREATE INDEX CONCURRENTLY events_by_pubkey_test
+    ON events (community_id, pubkey);
+"""
+
+
+async def test_a_no_transaction_migration_runs_statement_by_statement(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    """CREATE INDEX CONCURRENTLY cannot run in a transaction: marked, it runs on its own."""
+    settings = relay_settings(empty_database_url, tmp_path)
+    files = load_migrations()
+    concurrent = Migration(9001, "9001_concurrent_index.sql", CONCURRENT_INDEX)
+    assert not concurrent.transactional
+    assert len(concurrent.statements()) == 2
+    unmarked = Migration(9001, "9001_concurrent_index.sql", CONCURRENT_INDEX.split("\n", 1)[1])
+    async with open_database(settings) as db:
+        await migrate(db, files)
+        with pytest.raises(asyncpg.PostgresError, match="transaction block"):
+            await migrate(db, [*files, unmarked])
+        assert await migrate(db, [*files, concurrent]) == [9001]
+        assert 9001 in await applied_versions(db)
+
+        async def index_valid(conn: Any) -> bool:
+            return bool(
+                await conn.fetchval(
+                    "SELECT indisvalid FROM pg_index"
+                    " WHERE indexrelid = 'events_by_pubkey_test'::regclass"
+                )
+            )
+
+        assert await db.run(index_valid)
+
+
+def test_every_shipped_migration_is_transactional_or_marked() -> None:
+    """0001-0003 were applied in a transaction; whatever comes later is either too, or
+    marked and made of statements the runner can split."""
+    for migration in load_migrations():
+        if not migration.transactional:
+            assert migration.statements(), migration.name
