@@ -132,13 +132,20 @@ class Probe:
                 await self.store.delete(key)
 
     async def _sequential(self) -> str:
-        for _ in range(self.rounds):
-            data = secrets.token_bytes(64)
-            key = await self._op(partial(self.objects.put_immutable, PROBE_PREFIX, data))
-            read = await self._op(partial(self.objects.get_verified, key, 1024))
-            if read != data:
-                raise ProbeFailed("bytes read back differ from the bytes written")
-        return f"{self.rounds} write/read round trips"
+        written: list[str] = []
+        try:
+            for _ in range(self.rounds):
+                data = secrets.token_bytes(64)
+                key = PROBE_PREFIX + model.sha256_hex(data)
+                written.append(key)
+                await self._op(partial(self.objects.put_immutable, PROBE_PREFIX, data))
+                read = await self._op(partial(self.objects.get_verified, key, 1024))
+                if read != data:
+                    raise ProbeFailed("bytes read back differ from the bytes written")
+            return f"{self.rounds} write/read round trips"
+        finally:  # a probe leaves nothing behind (it runs at every start of every pod)
+            for key in written:
+                await self._delete_quietly(key)
 
     async def _race(
         self, write: Callable[[int], Awaitable[CasResult]]
@@ -194,6 +201,12 @@ class Probe:
     async def _if_none_match_race(self) -> str:
         data = secrets.token_bytes(64)
         key = f"{PROBE_PREFIX}inm-race/{model.sha256_hex(data)}"
+        try:
+            return await self._inm_race(key, data)
+        finally:
+            await self._delete_quietly(key)
+
+    async def _inm_race(self, key: str, data: bytes) -> str:
         winners, losers = await self._race(lambda i: self.store.put(key, data, None))
         if len(winners) != 1:
             raise ProbeFailed(

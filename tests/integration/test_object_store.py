@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 
@@ -111,6 +113,38 @@ async def test_probe_passes_on_an_honest_store(object_store: ObjectStore) -> Non
     assert [p.name for p in report.phases] == [
         "sequential", "if_match_race", "if_none_match_race", "etag_round_trip"
     ]
+
+
+class Recording:
+    """The store as it is, noting every key written (to check what is left afterwards)."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner = inner
+        self.written: set[str] = set()
+
+    async def get(self, key: str, max_bytes: int | None = None) -> Any:
+        return await self.inner.get(key, max_bytes)
+
+    async def put(self, key: str, body: bytes, if_match: str | None) -> Any:
+        self.written.add(key)
+        return await self.inner.put(key, body, if_match)
+
+    async def delete(self, key: str) -> None:
+        await self.inner.delete(key)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_the_probe_leaves_nothing_behind(object_store: ObjectStore) -> None:
+    """It runs at every start of every pod: each object it writes is removed again (it
+    used to leave about six a start)."""
+    recording = Recording(object_store)
+    report = await Probe(recording, writers=8, rounds=2).run()
+    assert report.ok, report.render()
+    assert recording.written, "the probe wrote nothing?"
+    for key in sorted(recording.written):
+        assert await object_store.get(key) is None, f"{key} was left behind"
 
 
 async def test_s3_etag_is_echoed_with_its_quotes(s3_store: S3Store) -> None:
