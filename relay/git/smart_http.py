@@ -34,7 +34,7 @@ from relay.git import model, nip98, pktline, policy
 from relay.git.hook import SOCKET_ENV
 from relay.git.objectstore import StoreError
 from relay.git.packcache import PackCache
-from relay.git.push import Conflict, Published, Refused, publish
+from relay.git.push import Conflict, Published, PushOutcome, Refused, publish
 from relay.git.refstate import build_ref_state
 from relay.git.refsync import CONVERGE_ERRORS
 from relay.git.workspace import (
@@ -404,6 +404,7 @@ class GitService:
         stdout = result.stdout
         ok = result.returncode == 0 and report.unpack_ok and not report.rejected
         side_band = "side-band-64k" in capabilities
+        outcome: PushOutcome | None = None
         if ok and decision and not decision[0]:
             outcome = await publish(
                 self.relay.objects, ws, pointer_key, self.limits, self.cache,
@@ -417,13 +418,16 @@ class GitService:
                     "push rejected: the repository changed while you pushed; "
                     "fetch, merge or rebase, and push again",
                 )
-            if isinstance(outcome, Published) and outcome.digest != ws.digest:
-                await self._announce_state(community_id, route, pusher)
         elif report.accepted:
             # git took some refs and refused others; nothing was published, so none of
             # them was pushed: a push is all or nothing, and the report says so.
             stdout = pktline.refuse_all(stdout, commands, side_band)
+        # The answer goes out as soon as the CAS committed the push (the shorter the time
+        # between them, the less a shutdown can cut a push the client then thinks failed);
+        # the relay-signed 30618 follows.
         await respond(stream, 200, stdout, "application/x-git-receive-pack-result", NO_CACHE)
+        if isinstance(outcome, Published) and outcome.digest != ws.digest:
+            await self._announce_state(community_id, route, pusher)
 
     async def _answer_hook(
         self,
