@@ -25,6 +25,7 @@ from relay.git.fsstore import FilesystemStore
 from relay.git.objectstore import ObjectStore
 from relay.git.s3store import S3Config, S3Store
 from tests.helpers import RelayUnderTest
+from tests.redis_server import RedisServer
 
 # moto accepts any credentials; requests are signed as they would be for a real S3.
 MOTO_KEY = "testing"
@@ -207,3 +208,16 @@ async def relay(
     nursery: trio.Nursery, db_url: str, tmp_path: Path
 ) -> AsyncIterator[RelayUnderTest]:
     yield await start_relay(nursery, db_url, tmp_path)
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server for one test (tests/redis_server.py), on a free port."""
+    server = RedisServer(tmp_path / "redis", free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.running:
+            server.resume()  # a test may have paused it
+        server.stop()

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -152,6 +153,39 @@ async def sql(db_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
             await conn.close()
 
     return await trio.to_thread.run_sync(asyncio.run, run())
+
+
+@asynccontextmanager
+async def transaction_held(
+    db_url: str, *statements: tuple[str, tuple[Any, ...]]
+) -> AsyncIterator[None]:
+    """Run `statements` (SQL, arguments) in a transaction of another session, on its own
+    asyncio loop in a thread, and hold it open (its locks, its uncommitted rows) until the
+    block ends; then commit. A real Postgres condition other sessions have to wait on."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        async def run() -> None:
+            conn = await asyncpg.connect(db_url)
+            try:
+                async with conn.transaction():
+                    for query, args in statements:
+                        await conn.execute(query, *args)
+                    held.set()
+                    await asyncio.get_running_loop().run_in_executor(None, release.wait)
+            finally:
+                await conn.close()
+
+        asyncio.run(run())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, hold)
+        with trio.fail_after(RECEIVE_TIMEOUT):
+            await trio.to_thread.run_sync(held.wait)
+        try:
+            yield
+        finally:
+            release.set()
 
 
 async def http_get(

@@ -6,16 +6,12 @@ the relay actually enforces.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 import pytest
 import trio
@@ -33,6 +29,7 @@ from tests.helpers import (
     make_event,
     new_key,
     sql,
+    transaction_held,
 )
 
 
@@ -447,33 +444,10 @@ async def test_stalled_consumer_that_never_reads_again_is_still_closed(
 # -- the ingest timeout ------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def events_table_locked(db_url: str) -> AsyncIterator[None]:
+def events_table_locked(db_url: str) -> AbstractAsyncContextManager[None]:
     """Another session holds an exclusive lock on `events`: Postgres answers no write to it
     until the block ends (a real stall, not a fake one)."""
-    locked, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        async def run() -> None:
-            conn = await asyncpg.connect(db_url)
-            try:
-                async with conn.transaction():
-                    await conn.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
-                    locked.set()
-                    await asyncio.get_running_loop().run_in_executor(None, release.wait)
-            finally:
-                await conn.close()
-
-        asyncio.run(run())
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.to_thread.run_sync, hold)
-        with trio.fail_after(RECEIVE_TIMEOUT):
-            await trio.to_thread.run_sync(locked.wait)
-        try:
-            yield
-        finally:
-            release.set()
+    return transaction_held(db_url, ("LOCK TABLE events IN ACCESS EXCLUSIVE MODE", ()))
 
 
 TIMED_OUT = "error: storing the event took too long, try again"

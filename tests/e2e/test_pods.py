@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -56,16 +55,6 @@ BIG_BYTES = 16 * 1024 * 1024  # incompressible: the push takes a moment
 
 
 # -- fixtures and helpers --------------------------------------------------------------------
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def unique_prefix() -> str:

@@ -9,13 +9,11 @@ message, or hang for ever), not timings.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-import pytest
 import trio
 
 from tests.conftest import free_port, start_relay
@@ -28,18 +26,6 @@ EVENTS = 20
 EVENTS_DEADLINE = 10.0
 # /readyz answers within its own deadline (1.5 s) whatever stalls.
 READYZ_DEADLINE = 5.0
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.running:
-            server.resume()
-        server.stop()
 
 
 async def readyz(port: int) -> tuple[int, dict[str, Any]]:

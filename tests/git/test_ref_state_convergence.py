@@ -13,6 +13,8 @@ that applies the write, then raises, as a dropped S3 answer would).
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +58,23 @@ async def converged(h: Hosted, owner: str, repo: str) -> None:
             await trio.sleep(0.1)
 
 
-async def pushed(h: Hosted, git: Git, tmp_path: Path, repo: str) -> tuple[str, str, Path, Any]:
-    key = new_key()
-    owner, url, work = await setup_repo(h, git, tmp_path, key, repo)
-    await git.commit(work, "README", "one\n", "first")
-    await git.run("push", "-q", "origin", "main", cwd=work, key=key, url=url)
-    assert await newest_agrees(h, owner, repo)
-    return owner, url, work, key
+@asynccontextmanager
+async def pushed_repo(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path, repo: str
+) -> AsyncIterator[tuple[Hosted, Git, str, str, Path, Any]]:
+    """A relay that reconciles every RECONCILE_SECONDS, with `repo` pushed once (its state
+    agreeing): (hosted, git, owner, url, work tree, key)."""
+    async with hosted_relay(
+        "filesystem", nursery, db_url, tmp_path / "data",
+        git_reconcile_seconds=RECONCILE_SECONDS,
+    ) as h:  # fmt: skip
+        git = Git(tmp_path / "home")
+        key = new_key()
+        owner, url, work = await setup_repo(h, git, tmp_path, key, repo)
+        await git.commit(work, "README", "one\n", "first")
+        await git.run("push", "-q", "origin", "main", cwd=work, key=key, url=url)
+        await converged(h, owner, repo)  # emitted right after the push's answer
+        yield h, git, owner, url, work, key
 
 
 async def store_state(h: Hosted, repo: str, manifest: model.Manifest, created_at: int) -> None:
@@ -83,12 +95,7 @@ async def test_a_stale_state_stored_last_is_overtaken(
     """A slower writer stored an older manifest's state last, with the newest created_at
     (two pushes' states in one second tie, and the lower id wins): the newest state says
     what the pointer no longer holds. It is overtaken, strictly later."""
-    async with hosted_relay(
-        "filesystem", nursery, db_url, tmp_path / "data",
-        git_reconcile_seconds=RECONCILE_SECONDS,
-    ) as h:  # fmt: skip
-        git = Git(tmp_path / "home")
-        owner, _, _, _ = await pushed(h, git, tmp_path, "stale")
+    async with pushed_repo(nursery, db_url, tmp_path, "stale") as (h, _, owner, _, _, _):
         stale = model.Manifest(head="refs/heads/main", refs={"refs/heads/main": "1" * 40})
         future = int(time.time()) + 30
         await store_state(h, "stale", stale, future)
@@ -102,12 +109,7 @@ async def test_the_reconciler_emits_for_a_pointer_moved_without_a_state(
 ) -> None:
     """A pod killed right after its CAS: the pointer moved, no 30618 says so. The
     reconciler (at start-up and periodically, any pod) catches up without a new push."""
-    async with hosted_relay(
-        "filesystem", nursery, db_url, tmp_path / "data",
-        git_reconcile_seconds=RECONCILE_SECONDS,
-    ) as h:  # fmt: skip
-        git = Git(tmp_path / "home")
-        owner, _, _, _ = await pushed(h, git, tmp_path, "moved")
+    async with pushed_repo(nursery, db_url, tmp_path, "moved") as (h, _, owner, _, _, _):
         key = model.pointer_key(h.community_id, owner, "moved")
         token, digest = await h.pointer(owner, "moved")  # type: ignore[misc]
         current = await h.objects.get_manifest(digest)
@@ -127,12 +129,8 @@ async def test_the_reconciler_emits_for_a_pointer_moved_without_a_state(
 async def test_a_push_is_answered_whatever_its_30618_step_does(
     nursery: trio.Nursery, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with hosted_relay(
-        "filesystem", nursery, db_url, tmp_path / "data",
-        git_reconcile_seconds=RECONCILE_SECONDS,
-    ) as h:  # fmt: skip
-        git = Git(tmp_path / "home")
-        owner, url, work, key = await pushed(h, git, tmp_path, "answered")
+    async with pushed_repo(nursery, db_url, tmp_path, "answered") as pushed:
+        h, git, owner, url, work, key = pushed
         assert h.relay.app is not None
         states = h.relay.app.ref_states
         calls: list[str] = []

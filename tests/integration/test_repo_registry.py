@@ -7,9 +7,7 @@ primary key and the advisory lock must win (many owners, one name; one owner, ma
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-import threading
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,7 +38,7 @@ from relay.store.migrations import (
     migrate,
 )
 from tests.conftest import relay_settings
-from tests.helpers import make_event, new_key, sql
+from tests.helpers import make_event, new_key, sql, transaction_held
 
 RACERS = 20
 RACE_ROUNDS = 3
@@ -290,52 +288,27 @@ async def test_a_release_waits_for_a_re_announcement_that_holds_the_name(
     key = new_key()
     alice = pubkey_hex(key)
     announcement = make_event(key, kind=kinds.REPO_ANNOUNCEMENT, content="", tags=[["d", "r"]])
-    holding, commit = threading.Event(), threading.Event()
-
-    def re_announce() -> None:
-        async def run() -> None:
-            conn = await asyncpg.connect(db_url)
-            try:
-                async with conn.transaction():
-                    await conn.execute(
-                        "SELECT 1 FROM git_repo_names WHERE community_id = $1 AND repo_id = $2"
-                        " FOR SHARE",
-                        cid,
-                        "r",
-                    )
-                    await conn.execute(
-                        "INSERT INTO events (community_id, id, pubkey, kind, created_at,"
-                        " coordinate_d, raw) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                        cid,
-                        bytes.fromhex(announcement.id),
-                        bytes.fromhex(alice),
-                        kinds.REPO_ANNOUNCEMENT,
-                        announcement.created_at,
-                        "r",
-                        announcement.to_json(),
-                    )
-                    holding.set()
-                    await asyncio.get_running_loop().run_in_executor(None, commit.wait)
-            finally:
-                await conn.close()
-
-        asyncio.run(run())
-
+    re_announcing = (
+        ("SELECT 1 FROM git_repo_names WHERE community_id = $1 AND repo_id = $2 FOR SHARE",
+         (cid, "r")),
+        ("INSERT INTO events (community_id, id, pubkey, kind, created_at, coordinate_d, raw)"
+         " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         (cid, bytes.fromhex(announcement.id), bytes.fromhex(alice), kinds.REPO_ANNOUNCEMENT,
+          announcement.created_at, "r", announcement.to_json())),
+    )  # fmt: skip
     async with database(db_url, tmp_path) as db:
         registry = RepoRegistry(db, quota=10)
         assert await registry.reserve(cid, "r", alice, "first") == Reserved()
         released: list[int] = []
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.to_thread.run_sync, re_announce)
-            await trio.to_thread.run_sync(holding.wait)
 
-            async def release() -> None:
-                released.append(await registry.release_attempt(cid, "r", alice, "first"))
+        async def release() -> None:
+            released.append(await registry.release_attempt(cid, "r", alice, "first"))
 
+        async with trio.open_nursery() as nursery, transaction_held(db_url, *re_announcing):
             nursery.start_soon(release)
             await trio.sleep(0.5)  # the release is now waiting for the row
             assert released == []
-            commit.set()
+            # The re-announcement has committed.
         assert released == [0]
         assert await registry.owner_of(cid, "r") == alice
 
