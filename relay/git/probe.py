@@ -136,9 +136,12 @@ class Probe:
         try:
             for _ in range(self.rounds):
                 data = secrets.token_bytes(64)
-                key = PROBE_PREFIX + model.sha256_hex(data)
-                written.append(key)
-                await self._op(partial(self.objects.put_immutable, PROBE_PREFIX, data))
+                # Removed afterwards once written (a write that never answered is not
+                # waited for again: the probe keeps its deadline).
+                written.append(
+                    await self._op(partial(self.objects.put_immutable, PROBE_PREFIX, data))
+                )
+                key = written[-1]
                 read = await self._op(partial(self.objects.get_verified, key, 1024))
                 if read != data:
                     raise ProbeFailed("bytes read back differ from the bytes written")
@@ -201,13 +204,16 @@ class Probe:
     async def _if_none_match_race(self) -> str:
         data = secrets.token_bytes(64)
         key = f"{PROBE_PREFIX}inm-race/{model.sha256_hex(data)}"
+        created: list[bool] = []
         try:
-            return await self._inm_race(key, data)
+            return await self._inm_race(key, data, created)
         finally:
-            await self._delete_quietly(key)
+            if any(created):
+                await self._delete_quietly(key)
 
-    async def _inm_race(self, key: str, data: bytes) -> str:
+    async def _inm_race(self, key: str, data: bytes, created: list[bool]) -> str:
         winners, losers = await self._race(lambda i: self.store.put(key, data, None))
+        created.append(bool(winners))
         if len(winners) != 1:
             raise ProbeFailed(
                 f"{len(winners)} of {self.writers} If-None-Match creates succeeded; exactly one "

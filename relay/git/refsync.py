@@ -60,6 +60,11 @@ class RefStates:
         self._locks: dict[tuple[int, str, str], trio.Lock] = {}
         self.emitted = 0
 
+    @property
+    def busy(self) -> bool:
+        """Whether a convergence is running on this pod."""
+        return bool(self._locks)
+
     async def converge(self, community_id: int, owner: str, repo_id: str, actor: str) -> bool:
         """Make the newest relay-signed 30618 say what the pointer holds now; False if the
         repository has no pointer, or other writers kept it moving for MAX_ROUNDS."""
