@@ -14,6 +14,7 @@ import trio
 from coincurve import PrivateKey
 
 from relay.config import ConfigError, Settings, load_settings, settings_help
+from relay.git.gc import DEFAULT_GRACE_SECONDS, collect
 from relay.git.probe import ProbeFailed
 from relay.logs import configure_logging
 from relay.store.db import DatabaseError
@@ -44,6 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "probe", help="check that the object store honours conditional writes; exit 0 or 1"
     )
+    gc = commands.add_parser(
+        "gc",
+        help="remove the git objects no repository reaches any more",
+        description=(
+            "Removes the packs, idx files and manifests that no pointer reaches (and old probe "
+            "objects), once older than the grace period, so in-flight pushes and clones are "
+            "never hurt. Safe to run on several pods at once. Prints each object and the bytes."
+        ),
+    )
+    gc.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
+    gc.add_argument(
+        "--grace", type=float, default=DEFAULT_GRACE_SECONDS, metavar="SECONDS",
+        help=f"keep what was written more recently (default {DEFAULT_GRACE_SECONDS:.0f})",
+    )  # fmt: skip
     token = commands.add_parser(
         "token",
         help="print a NIP-98 Authorization header value for a git repository URL",
@@ -133,6 +148,22 @@ async def _probe(settings: Settings) -> None:
         raise ProbeFailed("the object store failed the conformance probe")
 
 
+async def _gc(settings: Settings, *, dry_run: bool, grace: float) -> None:
+    from relay.git.objectstore import GitObjects
+    from relay.git.stores import describe, open_object_store
+
+    async with open_object_store(settings) as store:
+        report = await collect(GitObjects(store), grace_seconds=grace, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for item in report.removed:
+        print(f"{verb} {item.key} ({item.size} bytes)")
+    print(
+        f"object store: {describe(settings)}; {report.pointers} repositories, "
+        f"{report.reachable} objects reachable, {report.young} unreachable but younger than "
+        f"{grace:.0f} s; {verb} {len(report.removed)} objects, {report.removed_bytes} bytes"
+    )
+
+
 async def _community(settings: Settings, action: str, host: str | None) -> None:
     from relay.app import open_database
     from relay.protocol.hosts import normalize_host
@@ -173,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     runner = {"serve": _serve, "migrate": _migrate, "probe": _probe}.get(args.command)
     if args.command == "community":
         runner = partial(_community, action=args.action, host=args.host)
+    elif args.command == "gc":
+        runner = partial(_gc, dry_run=args.dry_run, grace=args.grace)
     elif runner is None:
         from relay.store import transfer
 

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from relay.git.objectstore import CasResult, Found, ObjectStore
+from relay.git.objectstore import CasResult, Found, Listed, ObjectStore
 
 if TYPE_CHECKING:
     from relay.app import Relay
@@ -140,6 +140,9 @@ class TimedObjectStore:
 
     async def delete(self, key: str) -> None:
         await self._timed("delete", lambda: self.inner.delete(key))
+
+    async def list(self, prefix: str) -> list[Listed]:
+        return await self._timed("list", lambda: self.inner.list(prefix))
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -8,6 +8,7 @@ The revision token is the sha256 of the content.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import trio
 
-from relay.git.objectstore import CasResult, Found, LostRace, TooLarge, Won
+from relay.git.objectstore import CasResult, Found, Listed, LostRace, TooLarge, Won
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -48,6 +49,9 @@ class FilesystemStore:
     async def delete(self, key: str) -> None:
         path = self._path(key)
         await trio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+
+    async def list(self, prefix: str) -> list[Listed]:
+        return await trio.to_thread.run_sync(_listing, self.root, prefix)
 
     async def aclose(self) -> None:
         return None
@@ -117,3 +121,18 @@ class FilesystemStore:
                 return Won(token_of(body))
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _listing(root: Path, prefix: str) -> list[Listed]:
+    found = []
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            if name.startswith("."):  # a write's temporary file, or a lock
+                continue
+            path = Path(dirpath, name)
+            key = path.relative_to(root).as_posix()
+            if key.startswith(prefix):
+                with contextlib.suppress(FileNotFoundError):
+                    stat = path.stat()
+                    found.append(Listed(key, stat.st_mtime, stat.st_size))
+    return found

@@ -57,6 +57,15 @@ class TooLarge(StoreError):
     """The object is larger than the caller allows."""
 
 
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One object of a listing: its key, when it was last written (Unix seconds), its size."""
+
+    key: str
+    modified: float
+    size: int
+
+
 class ObjectStore(Protocol):
     """The primitive operations each backend provides with the same semantics."""
 
@@ -67,7 +76,10 @@ class ObjectStore(Protocol):
         """Conditional write: create-only when if_match is None, else replace-if-unchanged."""
 
     async def delete(self, key: str) -> None:
-        """Remove an object if present (probe clean-up only)."""
+        """Remove an object if present (probe clean-up and `relay gc` only)."""
+
+    async def list(self, prefix: str) -> list[Listed]:
+        """Every object whose key starts with `prefix` (`relay gc` only)."""
 
     async def aclose(self) -> None:
         """Release connections."""

@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import quote
+from xml.etree import ElementTree
 
 import httpx
 import trio
@@ -19,6 +22,7 @@ from relay.git.objectstore import (
     BackendError,
     CasResult,
     Found,
+    Listed,
     LostRace,
     TooLarge,
     TransportError,
@@ -41,6 +45,28 @@ class S3Config:
     secret_key: str | None = None
     addressing: str = "path"  # "path" or "virtual"
     timeout_seconds: float = 30.0
+
+
+_S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+
+
+def _listing(body: bytes) -> tuple[list[Listed], str | None]:
+    """The objects of one ListObjectsV2 page, and the token of the next page if any."""
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError as exc:
+        raise BackendError(f"LIST: the answer is not XML: {exc}") from None
+    items = []
+    for contents in root.iter(f"{_S3_NS}Contents"):
+        key = contents.findtext(f"{_S3_NS}Key")
+        modified = contents.findtext(f"{_S3_NS}LastModified")
+        size = contents.findtext(f"{_S3_NS}Size")
+        if key is None or modified is None or size is None:
+            raise BackendError("LIST: an entry without Key, LastModified or Size")
+        when = datetime.fromisoformat(modified.replace("Z", "+00:00")).timestamp()
+        items.append(Listed(key, when, int(size)))
+    truncated = root.findtext(f"{_S3_NS}IsTruncated") == "true"
+    return items, root.findtext(f"{_S3_NS}NextContinuationToken") if truncated else None
 
 
 class S3Store:
@@ -146,6 +172,22 @@ class S3Store:
         response = await self._send("DELETE", self.url(key), retry=True)
         if response.status_code not in (200, 204, 404):
             raise BackendError(f"DELETE {key}: HTTP {response.status_code}")
+
+    async def list(self, prefix: str) -> list[Listed]:
+        """ListObjectsV2, page by page (1,000 keys a page)."""
+        found: list[Listed] = []
+        token: str | None = None
+        while True:
+            query = f"list-type=2&prefix={quote(prefix, safe='')}"
+            if token is not None:
+                query += f"&continuation-token={quote(token, safe='')}"
+            response = await self._send("GET", f"{self.url()}?{query}", retry=True)
+            if response.status_code != 200:
+                raise BackendError(f"LIST {prefix}: HTTP {response.status_code}")
+            page, token = _listing(response.content)
+            found += page
+            if token is None:
+                return found
 
     async def create_bucket(self) -> None:
         """Create the bucket if missing (used for local and test servers)."""

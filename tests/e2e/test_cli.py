@@ -34,7 +34,7 @@ def run_relay(args: list[str], env: dict[str, str]) -> subprocess.CompletedProce
 
 def test_help_documents_every_command_and_setting() -> None:
     out = run_relay(["--help"], {}).stdout
-    for command in ("serve", "migrate", "keygen"):
+    for command in ("serve", "migrate", "keygen", "gc"):
         assert command in out
     for setting in SETTINGS:
         assert setting.env in out
@@ -148,3 +148,23 @@ async def test_a_community_added_later_is_found_by_a_running_relay(
     async with connect(relay.port, "late.test") as client:
         event = make_event()
         assert (await client.publish(event))[2] is True
+
+
+def test_gc_lists_then_removes_what_no_pointer_reaches(tmp_path: Path) -> None:
+    """`relay gc` on the embedded defaults' store (a directory of the data dir)."""
+    objects = tmp_path / "data" / "objects"
+    stray = objects / "manifests" / ("ab" * 32)
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"{}")
+    old = 0.0  # written long ago: past any grace period
+    os.utime(stray, (old, old))
+    env = {"RELAY_DATA_DIR": str(tmp_path / "data")}
+    dry = run_relay(["gc", "--dry-run"], env)
+    assert dry.returncode == 0, dry.stderr
+    assert f"would remove manifests/{'ab' * 32} (2 bytes)" in dry.stdout
+    assert "would remove 1 objects, 2 bytes" in dry.stdout
+    assert stray.exists()
+    done = run_relay(["gc", "--grace", "60"], env)
+    assert done.returncode == 0, done.stderr
+    assert "removed 1 objects, 2 bytes" in done.stdout
+    assert not stray.exists()
