@@ -7,13 +7,10 @@ import logging
 import os
 import tempfile
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import trio
 import trio_asyncio
@@ -23,7 +20,7 @@ from relay.config import ConfigError, Settings
 from relay.events import kinds
 from relay.events.ingest import Ingest
 from relay.git.announce import Announcements
-from relay.git.objectstore import GitObjects, ObjectStore, StoreError
+from relay.git.objectstore import GitObjects, ObjectStore
 from relay.git.packcache import PackCache
 from relay.git.probe import ProbeFailed
 from relay.git.refstate import check_ref_state
@@ -32,10 +29,8 @@ from relay.git.registry import RepoRegistry
 from relay.git.smart_http import GitService
 from relay.git.stores import describe, open_object_store, probe_store
 from relay.git.workspace import GitLimits
-from relay.keys import load_or_create_key, pubkey_hex
+from relay.keys import load_or_create_key
 from relay.metrics import Metrics, TimedObjectStore
-from relay.probes import Check, Prober
-from relay.protocol.limits import Limits
 from relay.pubsub.fanout import Fanout
 from relay.pubsub.redis_bridge import RedisBridge
 from relay.server.listener import handle_stream
@@ -46,73 +41,14 @@ from relay.store.embedded import embedded_postgres
 from relay.store.events import EventStore
 from relay.store.group_commit import GroupCommit
 from relay.store.migrations import migrate
+from relay.wiring import Relay
+
+__all__ = ["Relay", "open_relay", "serve"]
 
 log = logging.getLogger(__name__)
 
-# Any key will do: readiness only asks that the object store answers.
-READINESS_KEY = "probe/readiness"
 PACK_CACHE_DIR = "relay-pack-cache"
 GC_YOUNG_THRESHOLD = 20_000
-
-
-@dataclass
-class Relay:
-    settings: Settings
-    limits: Limits
-    db: Database
-    store: EventStore
-    communities: Communities
-    fanout: Fanout
-    ingest: Ingest
-    key: PrivateKey
-    objects: GitObjects
-    registry: RepoRegistry
-    metrics: Metrics
-    limiter: RateLimiter
-    ref_states: RefStates
-    bridge: RedisBridge | None = None
-    git: GitService | None = None
-    # Set on SIGTERM: stop accepting, close websockets with 1001, let work in flight finish.
-    shutdown: trio.Event = field(default_factory=trio.Event)
-    # Open websocket connections (ClientConnection), told to stop reading on shutdown.
-    connections: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
-    prober: Prober = field(default_factory=Prober)
-
-    @property
-    def pubkey(self) -> str:
-        return pubkey_hex(self.key)
-
-    async def readiness(self) -> tuple[bool, dict[str, str]]:
-        """Ready when Postgres and the object store answer, each within
-        READINESS_CHECK_SECONDS (checked at once, so a stalled backend gets a 503 in time,
-        not a hung probe). Redis only degrades the relay (events still reach this pod's
-        clients and storage, rate limits go local), so it is reported, not gated."""
-        checks: dict[str, Check] = {
-            "postgres": self.db.ping,
-            "object_store": self._object_store_answers,
-        }
-        if self.bridge is not None:
-            checks["redis"] = self.bridge.answers
-        answers = await self.prober.answers(checks)
-        states = {
-            name: "ok" if answer else "stalled" if answer is None else "unreachable"
-            for name, answer in answers.items()
-        }
-        ready = states["postgres"] == states["object_store"] == "ok"
-        if self.bridge is not None:
-            healthy = answers["redis"] and self.bridge.healthy and self.limiter.shared
-            states["redis"] = "ok" if healthy else "degraded"
-        if self.shutdown.is_set():
-            states["shutdown"] = "in progress"
-            ready = False
-        return ready, dict(sorted(states.items()))
-
-    async def _object_store_answers(self) -> bool:
-        try:
-            await self.objects.store.get(READINESS_KEY, 1024)
-        except StoreError:
-            return False
-        return True
 
 
 def prepare_data_dir(settings: Settings) -> None:
@@ -182,6 +118,36 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
         ingest = Ingest(store, fanout, limits, timeout=settings.ingest_timeout_seconds)
         registry = RepoRegistry(db, settings.git_max_repos_per_pubkey)
         wire_git(settings, store, ingest, objects, key, registry)
+        ref_states = RefStates(store, objects, key, fanout.publish)
+        bridge = None
+        if settings.redis_url:
+            bridge = RedisBridge(
+                settings.redis_url, settings.redis_prefix, deliver=fanout.deliver_local
+            )
+            fanout.remote = bridge
+        metrics.bind(fanout, bridge)
+        scratch = Path(settings.git_scratch_dir or tempfile.gettempdir())
+        cache_bytes = settings.git_pack_cache_bytes
+        git = GitService(
+            store=store,
+            registry=registry,
+            objects=objects,
+            ref_states=ref_states,
+            key=key,
+            operations=metrics.git_operations,
+            https=settings.public_url.startswith("wss://"),
+            max_event_bytes=limits.max_event_bytes,
+            limits=GitLimits(
+                max_pack_bytes=settings.git_max_pack_bytes,
+                max_repo_bytes=settings.git_max_repo_bytes,
+                timeout_seconds=settings.git_timeout_seconds,
+            ),
+            scratch=scratch,
+            public_read=settings.git_public_read,
+            processes=trio.CapacityLimiter(settings.git_max_processes),
+            auth_window=settings.git_auth_window_seconds,
+            cache=PackCache(scratch / PACK_CACHE_DIR, cache_bytes) if cache_bytes else None,
+        )
         relay = Relay(
             settings=settings,
             limits=limits,
@@ -195,28 +161,9 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
             registry=registry,
             metrics=metrics,
             limiter=RateLimiter(settings.rate, settings.redis_url, settings.redis_prefix),
-            ref_states=RefStates(store, objects, key, fanout.publish),
-        )
-        if settings.redis_url:
-            relay.bridge = RedisBridge(
-                settings.redis_url, settings.redis_prefix, deliver=fanout.deliver_local
-            )
-            fanout.remote = relay.bridge
-        metrics.bind(relay)
-        scratch = Path(settings.git_scratch_dir or tempfile.gettempdir())
-        cache_bytes = settings.git_pack_cache_bytes
-        relay.git = GitService(
-            relay,
-            GitLimits(
-                max_pack_bytes=settings.git_max_pack_bytes,
-                max_repo_bytes=settings.git_max_repo_bytes,
-                timeout_seconds=settings.git_timeout_seconds,
-            ),
-            scratch,
-            public_read=settings.git_public_read,
-            processes=trio.CapacityLimiter(settings.git_max_processes),
-            auth_window=settings.git_auth_window_seconds,
-            cache=PackCache(scratch / PACK_CACHE_DIR, cache_bytes) if cache_bytes else None,
+            ref_states=ref_states,
+            git=git,
+            bridge=bridge,
         )
         try:
             yield relay

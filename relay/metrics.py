@@ -15,7 +15,8 @@ from prometheus_client.registry import Collector
 from relay.git.objectstore import CasResult, Found, Listed, ObjectStore
 
 if TYPE_CHECKING:
-    from relay.app import Relay
+    from relay.pubsub.fanout import Fanout
+    from relay.pubsub.redis_bridge import RedisBridge
 
 T = TypeVar("T")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -50,21 +51,21 @@ class Metrics:
         else:
             self.events_refused[message.split(":", 1)[0] or "unknown"] += 1
 
-    def bind(self, relay: Relay) -> None:
-        self.registry.register(RelayCollector(relay, self))
+    def bind(self, fanout: Fanout, bridge: RedisBridge | None) -> None:
+        self.registry.register(RelayCollector(fanout, bridge, self))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class RelayCollector(Collector):
-    def __init__(self, relay: Relay, metrics: Metrics) -> None:
-        self.relay = relay
+    def __init__(self, fanout: Fanout, bridge: RedisBridge | None, metrics: Metrics) -> None:
+        self.fanout = fanout
+        self.bridge = bridge
         self.metrics = metrics
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        relay, m = self.relay, self.metrics
-        fanout = relay.fanout
+        fanout, m = self.fanout, self.metrics
         yield GaugeMetricFamily(
             "relay_connections", "open websocket connections", value=fanout.connection_count()
         )
@@ -98,7 +99,7 @@ class RelayCollector(Collector):
         for (service, outcome), count in sorted(m.git_operations.items()):
             git.add_metric([service, outcome], count)
         yield git
-        bridge = relay.bridge
+        bridge = self.bridge
         if bridge is not None:
             stats = bridge.stats
             yield GaugeMetricFamily(

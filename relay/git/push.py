@@ -153,14 +153,22 @@ async def _build_pack(ws: Workspace, revisions: list[str], limits: GitLimits) ->
     return pack_path
 
 
-async def publish(
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """Packs and manifest stored; the pointer CAS (`commit`) is all that is left."""
+
+    manifest: model.Manifest
+    digest: str
+
+
+async def stage(
     objects: GitObjects,
     ws: Workspace,
-    pointer_key: str,
     limits: GitLimits,
     cache: PackCache | None = None,
     accept: Acceptance | None = None,
-) -> PushOutcome:
+) -> Staged | Unchanged | Refused:
+    """Everything before the commit point: nothing a reader sees changes."""
     parent = ws.manifest
     refs, observed_head = await snapshot_refs(ws, limits)
     head = published_head(observed_head, parent, refs)
@@ -194,12 +202,18 @@ async def publish(
         manifest.validate()
     except model.InvalidManifest as exc:  # its new pack keys took it over the size bound
         return Refused(f"over a limit of the repository: {exc}")
-    digest = await objects.put_manifest(manifest)
-    result = await cas_or_read_back(objects, pointer_key, digest, ws.token)
+    return Staged(manifest, await objects.put_manifest(manifest))
+
+
+async def commit(
+    objects: GitObjects, staged: Staged, pointer_key: str, token: str | None
+) -> Published | Conflict:
+    """The pointer CAS from the token read at hydrate time: the push's commit point."""
+    result = await cas_or_read_back(objects, pointer_key, staged.digest, token)
     if isinstance(result, LostRace):
         return Conflict()
     assert isinstance(result, Won)
-    return Published(manifest, digest, result.token)
+    return Published(staged.manifest, staged.digest, result.token)
 
 
 async def cas_or_read_back(

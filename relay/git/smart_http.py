@@ -34,7 +34,7 @@ from relay.git import model, nip98, pktline, policy
 from relay.git.hook import SOCKET_ENV
 from relay.git.objectstore import StoreError
 from relay.git.packcache import PackCache
-from relay.git.push import Conflict, Published, PushOutcome, Refused, publish
+from relay.git.push import Conflict, Published, Refused, Staged, commit, stage
 from relay.git.refstate import build_ref_state
 from relay.git.refsync import CONVERGE_ERRORS
 from relay.git.workspace import (
@@ -62,11 +62,20 @@ from relay.server.http import (
 )
 
 if TYPE_CHECKING:
-    from relay.app import Relay
+    from collections import Counter
+
+    from coincurve import PrivateKey
+
+    from relay.git.objectstore import GitObjects
+    from relay.git.refsync import RefStates
+    from relay.git.registry import RepoRegistry
+    from relay.store.events import EventStore
 
 log = logging.getLogger(__name__)
 
 SERVICES = ("git-upload-pack", "git-receive-pack")
+# The pointer CAS and the push's answer run shielded from cancellation for at most this.
+COMMIT_SECONDS = 5.0
 NO_CACHE = [("Cache-Control", "no-cache")]
 MAX_UPLOAD_REQUEST_BYTES = 16 * 1024 * 1024
 MAX_HOOK_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -131,7 +140,16 @@ def advertisement(service: str, body: bytes) -> bytes:
 
 @dataclass
 class GitService:
-    relay: Relay
+    """The git smart-HTTP routes; it is handed the parts it uses, not the relay."""
+
+    store: EventStore
+    registry: RepoRegistry
+    objects: GitObjects
+    ref_states: RefStates
+    key: PrivateKey
+    operations: Counter[tuple[str, str]]  # requests by (service, outcome), for /metrics
+    https: bool  # the public URL is wss://, so git URLs are https (NIP-98 checks it)
+    max_event_bytes: int  # the relay-signed 30618 must fit it
     limits: GitLimits
     scratch: Path
     public_read: bool
@@ -149,7 +167,7 @@ class GitService:
         if "service=" in request.query:
             service = request.query.split("service=", 1)[1].split("&", 1)[0]
         outcome = "ok" if status < 400 else str(status)
-        self.relay.metrics.git_operations[(service[:32], outcome)] += 1
+        self.operations[(service[:32], outcome)] += 1
 
     async def _handle(
         self, stream: trio.SocketStream, request: Request, community_id: int, host: str
@@ -199,7 +217,7 @@ class GitService:
     ) -> str | None:
         if service == "git-upload-pack" and self.public_read:
             return None
-        scheme = "https" if self.relay.settings.public_url.startswith("wss://") else "http"
+        scheme = "https" if self.https else "http"
         try:
             return nip98.authenticate(
                 request.header("authorization"),
@@ -212,10 +230,10 @@ class GitService:
             raise HttpError(401, str(exc), [("WWW-Authenticate", 'Nostr realm="git"')]) from None
 
     async def _announcement(self, community_id: int, route: GitRoute) -> Event:
-        owner = await self.relay.registry.owner_of(community_id, route.repo_id)
+        owner = await self.registry.owner_of(community_id, route.repo_id)
         if owner != route.owner:
             raise RepoNotFound(route.repo_id)
-        found = await self.relay.store.query(
+        found = await self.store.query(
             community_id,
             (
                 Filter(
@@ -259,7 +277,7 @@ class GitService:
             if reading.cancelled_caught:
                 raise HttpError(408, "the request body did not arrive in time")
             async with self._slot():
-                ws = await hydrate_into(repo, self.relay.objects, key, self.limits, self.cache)
+                ws = await hydrate_into(repo, self.objects, key, self.limits, self.cache)
                 if route.action == "info/refs":
                     await self._advertise(stream, ws, service)
                 elif service == "git-upload-pack":
@@ -404,28 +422,34 @@ class GitService:
         stdout = result.stdout
         ok = result.returncode == 0 and report.unpack_ok and not report.rejected
         side_band = "side-band-64k" in capabilities
-        outcome: PushOutcome | None = None
-        if ok and decision and not decision[0]:
-            outcome = await publish(
-                self.relay.objects, ws, pointer_key, self.limits, self.cache,
-                accept=partial(self._state_fits, route.repo_id, pusher),
-            )  # fmt: skip
-            if isinstance(outcome, Refused):
-                stdout = pktline.refuse_all(stdout, commands, side_band, outcome.reason)
+        content_type = "application/x-git-receive-pack-result"
+        if not (ok and decision and not decision[0]):
+            if report.accepted:
+                # git took some refs and refused others; nothing was published, so none of
+                # them was pushed: a push is all or nothing, and the report says so.
+                stdout = pktline.refuse_all(stdout, commands, side_band)
+            await respond(stream, 200, stdout, content_type, NO_CACHE)
+            return
+        staged = await stage(
+            self.objects, ws, self.limits, self.cache,
+            accept=partial(self._state_fits, route.repo_id, pusher),
+        )  # fmt: skip
+        if isinstance(staged, Refused):
+            stdout = pktline.refuse_all(stdout, commands, side_band, staged.reason)
+        outcome: Published | Conflict | None = None
+        # The CAS and its answer are not parted by a shutdown: a push the pointer took is
+        # answered as done (bounded, so a stuck store still lets the relay stop).
+        with trio.move_on_after(COMMIT_SECONDS) as committing:
+            committing.shield = True
+            if isinstance(staged, Staged):
+                outcome = await commit(self.objects, staged, pointer_key, ws.token)
             if isinstance(outcome, Conflict):
                 raise HttpError(
                     409,
                     "push rejected: the repository changed while you pushed; "
                     "fetch, merge or rebase, and push again",
                 )
-        elif report.accepted:
-            # git took some refs and refused others; nothing was published, so none of
-            # them was pushed: a push is all or nothing, and the report says so.
-            stdout = pktline.refuse_all(stdout, commands, side_band)
-        # The answer goes out as soon as the CAS committed the push (the shorter the time
-        # between them, the less a shutdown can cut a push the client then thinks failed);
-        # the relay-signed 30618 follows.
-        await respond(stream, 200, stdout, "application/x-git-receive-pack-result", NO_CACHE)
+            await respond(stream, 200, stdout, content_type, NO_CACHE)
         if isinstance(outcome, Published) and outcome.digest != ws.digest:
             await self._announce_state(community_id, route, pusher)
 
@@ -464,7 +488,7 @@ class GitService:
         """Why the ref-state event of `manifest` would be refused, or None: it is an event
         like any other, and larger than RELAY_MAX_EVENT_BYTES no relay would take it."""
         state = self._ref_state(repo_id, manifest, pusher, int(time.time()))
-        limit = self.relay.limits.max_event_bytes
+        limit = self.max_event_bytes
         if len(state.to_json().encode()) > limit:
             return f"too many refs: the repository state event would be over {limit} bytes"
         return None
@@ -473,7 +497,7 @@ class GitService:
         self, repo_id: str, manifest: model.Manifest, pusher: str, created_at: int
     ) -> Event:
         return build_ref_state(
-            self.relay.key, repo_id=repo_id, head=manifest.head, refs=manifest.refs,
+            self.key, repo_id=repo_id, head=manifest.head, refs=manifest.refs,
             actor=pusher, created_at=created_at,
         )  # fmt: skip
 
@@ -481,7 +505,7 @@ class GitService:
         """The relay-signed 30618 after a push. The push is done (the CAS committed it), so
         its answer never depends on this: a failure here is the reconciler's to mend."""
         try:
-            await self.relay.ref_states.converge(community_id, route.owner, route.repo_id, pusher)
+            await self.ref_states.converge(community_id, route.owner, route.repo_id, pusher)
         except CONVERGE_ERRORS as exc:
             log.warning(
                 "the ref state of %s/%s is behind its push (%s); the reconciler will emit it",

@@ -25,7 +25,7 @@ from relay.server.websocket import ClientConnection
 from relay.server.wsstream import CLOSE_HANDSHAKE_SECONDS, RECEIVE_BYTES, WebSocketStream
 
 if TYPE_CHECKING:
-    from relay.app import Relay
+    from relay.wiring import Relay
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ async def route(relay: Relay, stream: trio.SocketStream, request: Request) -> No
     if host is None or community_id is None:
         await respond(stream, 404, b"unknown host\n")
         return
-    if relay.git is not None and is_git_path(request.path):
+    if is_git_path(request.path):
         await relay.git.handle(stream, request, community_id, host)
         return
     if request.path != "/":

@@ -26,7 +26,7 @@ from relay.store.db import STORE_ERRORS
 from relay.store.events import QueryTooExpensive
 
 if TYPE_CHECKING:
-    from relay.app import Relay
+    from relay.wiring import Relay
 
 log = logging.getLogger(__name__)
 
