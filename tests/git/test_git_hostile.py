@@ -30,6 +30,7 @@ from tests.git.test_git_push import (
     hosted_relay,
     raw_request,
     rev,
+    settled_states,
     stderr_of,
     stored_states,
 )
@@ -391,7 +392,7 @@ async def test_refnames_outside_refs_never_reach_the_manifest(
         manifest = await h.manifest(owner, "demo")
         assert manifest.refs == {"refs/heads/main": commit, "refs/heads/ok": commit}
         before = await h.pointer(owner, "demo")
-        [state_before] = await stored_states(h, "demo")
+        [state_before] = await settled_states(h, owner, "demo")
 
         # Names git accepts but the relay's policy does not.
         for ref in ("refs/heads/caf\u00e9", "refs/heads/$(reboot)", "refs/heads/a;b",
@@ -441,7 +442,7 @@ async def test_pack_over_the_limit_is_refused(
         git = Git(tmp_path / "home")
         key, owner, url, work, commit = await pushed_repo(h, git, tmp_path)
         before = await h.pointer(owner, "demo")
-        [state_before] = await stored_states(h, "demo")
+        [state_before] = await settled_states(h, owner, "demo")
         (work / "blob.bin").write_bytes(os.urandom(100 * 1024))
         await git.run("add", "blob.bin", cwd=work)
         await git.run("commit", "-q", "-m", "big", cwd=work)

@@ -24,11 +24,12 @@ import trio
 from coincurve import PrivateKey
 
 from relay.events import kinds
-from relay.events.model import check_id_and_signature, parse_event, sign_event
+from relay.events.model import Event, check_id_and_signature, parse_event, sign_event
 from relay.git import model
 from relay.git.fsstore import FilesystemStore
 from relay.git.nip98 import make_token
 from relay.git.objectstore import GitObjects
+from relay.git.refstate import states_agree
 from relay.keys import pubkey_hex
 from relay.protocol.bech32 import hex_to_npub
 from tests.conftest import moto_bucket, start_relay
@@ -220,6 +221,34 @@ async def watch_states(h: Hosted, repo: str) -> AsyncIterator[Watch]:
 async def stored_states(h: Hosted, repo: str) -> list[dict[str, Any]]:
     async with connect(h.port) as client:
         return await client.req("s", {"kinds": [kinds.REPO_STATE], "#d": [repo]})
+
+
+CONVERGE_TIMEOUT = 15.0
+
+
+async def newest_state(h: Hosted, repo: str) -> Event | None:
+    async with connect(h.port) as client:
+        found = await client.req("n", state_filter(h, repo))
+    return parse_event(found[0]) if found else None
+
+
+async def newest_agrees(h: Hosted, owner: str, repo: str) -> bool:
+    newest = await newest_state(h, repo)
+    return newest is not None and states_agree(newest, repo, await h.manifest(owner, repo))
+
+
+async def converged(h: Hosted, owner: str, repo: str) -> None:
+    """Wait until the newest relay-signed 30618 agrees with the pointer (it is emitted
+    right after a push's answer, or by the reconciler)."""
+    with trio.fail_after(CONVERGE_TIMEOUT):
+        while not await newest_agrees(h, owner, repo):
+            await trio.sleep(0.05)
+
+
+async def settled_states(h: Hosted, owner: str, repo: str) -> list[dict[str, Any]]:
+    """The stored 30618s once the newest says what the pointer holds."""
+    await converged(h, owner, repo)
+    return await stored_states(h, repo)
 
 
 @dataclass
@@ -531,7 +560,7 @@ async def test_concurrent_pushes_never_fork(
             digests.append(pointer[1])
             cloned, _ = await clone_refs(git, url, fresh_dir(tmp_path, f"check{round_no}"))
             assert cloned == {"refs/heads/main": tip}
-            [state] = await stored_states(h, repo)
+            [state] = await settled_states(h, owner, repo)
             assert ["refs/heads/main", tip] in state["tags"]
         elapsed = time.monotonic() - started
         assert elapsed < 120, f"the race test took {elapsed:.0f} s"
@@ -817,7 +846,7 @@ async def test_a_push_past_the_bounds_reads_enforce_is_refused_with_a_reason_git
         c1 = await git.commit(work, "README", "one\n", "first")
         await git.run("push", "-q", "origin", "main", cwd=work, key=key, url=url)
         before = await h.pointer(owner, "bounded")
-        [state_before] = await stored_states(h, "bounded")
+        [state_before] = await settled_states(h, owner, "bounded")
         many = [f"HEAD:refs/heads/{'b' * 150}{i:03d}" for i in range(60)]
         pushed = await git.run(
             "push", "--porcelain", "origin", *many, cwd=work, key=key, url=url, check=False

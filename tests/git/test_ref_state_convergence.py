@@ -22,40 +22,24 @@ import asyncpg
 import pytest
 import trio
 
-from relay.events import kinds
-from relay.events.model import Event, parse_event
 from relay.git import model
 from relay.git.fsstore import FilesystemStore
 from relay.git.objectstore import GitObjects, TransportError, Won
 from relay.git.push import cas_or_read_back
-from relay.git.refstate import build_ref_state, states_agree
+from relay.git.refstate import build_ref_state
 from relay.keys import pubkey_hex
 from tests.git.gitclient import Git
-from tests.git.test_git_push import Hosted, hosted_relay, setup_repo, stored_states
+from tests.git.test_git_push import (
+    Hosted,
+    converged,
+    hosted_relay,
+    newest_state,
+    setup_repo,
+    stored_states,
+)
 from tests.helpers import connect, new_key
 
 RECONCILE_SECONDS = 0.3
-CONVERGE_TIMEOUT = 15.0
-
-
-async def newest_state(h: Hosted, repo: str) -> Event | None:
-    async with connect(h.port) as client:
-        found = await client.req(
-            "n", {"kinds": [kinds.REPO_STATE], "authors": [h.relay_pubkey], "#d": [repo]}
-        )
-    return parse_event(found[0]) if found else None
-
-
-async def newest_agrees(h: Hosted, owner: str, repo: str) -> bool:
-    newest = await newest_state(h, repo)
-    return newest is not None and states_agree(newest, repo, await h.manifest(owner, repo))
-
-
-async def converged(h: Hosted, owner: str, repo: str) -> None:
-    """Wait for the reconciler to make the newest state agree with the pointer."""
-    with trio.fail_after(CONVERGE_TIMEOUT):
-        while not await newest_agrees(h, owner, repo):
-            await trio.sleep(0.1)
 
 
 @asynccontextmanager
