@@ -14,8 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from relay.protocol.hosts import normalize_host
-from relay.protocol.limits import Limits
-from relay.server.ratelimit import Rate, RateLimits
+from relay.protocol.limits import Limits, Rate, RateLimits
 
 
 class ConfigError(ValueError):

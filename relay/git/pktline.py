@@ -2,7 +2,7 @@
 
 A hook's decline does not make `git receive-pack` exit non-zero: the only signal is an
 `ng <ref> <reason>` line (or `unpack <error>`) in the report-status, which with
-side-band-64k arrives nested inside band-1 pkt-lines. `report_rejections` de-frames both.
+side-band-64k arrives nested inside band-1 pkt-lines. `parse_report` de-frames both.
 """
 
 from __future__ import annotations

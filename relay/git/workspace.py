@@ -42,10 +42,6 @@ class RepoNotFound(Exception):
     """The repo has no pointer: it was never announced or has been deleted."""
 
 
-class HydrateError(Exception):
-    """Something below the pointer is missing or corrupt: a server error, never an empty repo."""
-
-
 class ResourceLimit(Exception):
     """A size limit was exceeded (HTTP 413)."""
 

@@ -1,4 +1,5 @@
-"""Every hard limit of the relay, in one place. Each is a setting and is advertised in NIP-11."""
+"""Every hard limit of the relay, and its rate limits, in one place. Each is a setting; the
+hard limits are advertised in NIP-11, the rate limits too while they are on."""
 
 from __future__ import annotations
 
@@ -41,4 +42,32 @@ class Limits:
             "max_filter_values": self.max_filter_values,
             "max_outbound_bytes": self.max_outbound_bytes,
             "max_auth_keys": self.max_auth_keys,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    per_second: float
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    enabled: bool = True
+    events: Rate = Rate(50, 500)
+    reqs: Rate = Rate(20, 200)
+    connections: Rate = Rate(10, 100)
+
+    def nip11(self) -> dict[str, object]:
+        if not self.enabled:
+            return {}
+        return {
+            "rate_limits": {
+                "events_per_second": self.events.per_second,
+                "events_burst": self.events.burst,
+                "reqs_per_second": self.reqs.per_second,
+                "reqs_burst": self.reqs.burst,
+                "connections_per_second": self.connections.per_second,
+                "connections_burst": self.connections.burst,
+            }
         }

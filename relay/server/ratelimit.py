@@ -8,12 +8,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 import trio
 from trio_asyncio import aio_as_trio
 
+from relay.protocol.limits import Rate, RateLimits
 from relay.pubsub.redis_bridge import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
@@ -25,34 +25,6 @@ WINDOW_SECONDS = 10
 # every message of every client a timeout each.
 SHARED_TIMEOUT_SECONDS = 0.1
 BREAKER_SECONDS = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    per_second: float
-    burst: int
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimits:
-    enabled: bool = True
-    events: Rate = Rate(50, 500)
-    reqs: Rate = Rate(20, 200)
-    connections: Rate = Rate(10, 100)
-
-    def nip11(self) -> dict[str, object]:
-        if not self.enabled:
-            return {}
-        return {
-            "rate_limits": {
-                "events_per_second": self.events.per_second,
-                "events_burst": self.events.burst,
-                "reqs_per_second": self.reqs.per_second,
-                "reqs_burst": self.reqs.burst,
-                "connections_per_second": self.connections.per_second,
-                "connections_burst": self.connections.burst,
-            }
-        }
 
 
 class TokenBuckets:
