@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.store.sql_lint import OPERATOR_GLOBAL_TABLES, Violation, lint_directory, lint_sql
+from tools.sql_lint import OPERATOR_GLOBAL_TABLES, Violation, lint_directory, lint_sql
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 

@@ -1,0 +1,1 @@
+"""Development tools the test suite runs; not part of the relay package."""
