@@ -22,6 +22,10 @@ STORE_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # asyncpg's own "another operation is in progress" on a pooled connection whose session
+    # the server terminated mid-operation: a failed round trip like any other, not a crash
+    # of the websocket connection that happened to be waiting on it.
+    asyncpg.exceptions.InternalClientError,
 )
 
 
