@@ -4,7 +4,7 @@
         [--connections 50] [--window 100] [--no-peer] [--json]
 
 ``--baseline`` is another checkout of this repository, e.g. one made with
-``git worktree add --detach /work/baseline <commit>``; ``--current`` defaults to the
+``git worktree add --detach ../baseline <commit>``; ``--current`` defaults to the
 repository this file is in.  One invocation:
 
 * runs every checkout's relay with this venv's Python (``sys.executable``), in the

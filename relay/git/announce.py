@@ -22,7 +22,7 @@ from relay.events.model import Event
 from relay.events.side_effects import Compensation, Handled, Verdict
 from relay.git import model
 from relay.git.objectstore import GitObjects, StoreError, Won
-from relay.git.refstate import build_ref_state
+from relay.git.refstate import build_ref_state, next_created_at
 from relay.git.registry import (
     AlreadyOwned,
     QuotaExceeded,
@@ -187,7 +187,7 @@ class Announcements:
         previous = await self.store.latest_created_at(
             community_id, self.relay_pubkey, kinds.REPO_STATE, repo_id
         )
-        created_at = max(int(self.clock()), (previous or 0) + 1)
+        created_at = next_created_at(self.clock(), previous)
         return build_ref_state(
             self.relay_key,
             repo_id=repo_id,

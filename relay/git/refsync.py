@@ -24,7 +24,7 @@ from relay.events import kinds
 from relay.events.model import Event, parse_event
 from relay.git import model
 from relay.git.objectstore import GitObjects, StoreError
-from relay.git.refstate import build_ref_state, states_agree
+from relay.git.refstate import build_ref_state, next_created_at, states_agree
 from relay.git.registry import RepoRegistry
 from relay.keys import pubkey_hex
 from relay.protocol.filters import Filter
@@ -87,7 +87,7 @@ class RefStates:
             newest = await self.newest(community_id, repo_id)
             if newest is not None and states_agree(newest, repo_id, manifest):
                 return True
-            created_at = max(int(self.clock()), newest.created_at + 1 if newest else 0)
+            created_at = next_created_at(self.clock(), newest.created_at if newest else None)
             state = build_ref_state(
                 self.key, repo_id=repo_id, head=manifest.head, refs=manifest.refs,
                 actor=actor, created_at=created_at,
