@@ -15,12 +15,12 @@ import orjson
 import trio
 import trio_websocket
 
-from relay.git.smart_http import is_git_path
+from relay.git.routes import is_git_path
+from relay.http import HttpError, Request, read_request, refuse, respond
 from relay.metrics import CONTENT_TYPE as METRICS_TYPE
 from relay.protocol.hosts import normalize_host
-from relay.server.http import BadRequest, Request, read_request, respond
 from relay.server.nip11 import information_document
-from relay.server.upgrade import HandshakeRefused, check_upgrade
+from relay.server.upgrade import check_upgrade
 from relay.server.websocket import ClientConnection
 from relay.server.wsstream import CLOSE_HANDSHAKE_SECONDS, RECEIVE_BYTES, WebSocketStream
 
@@ -46,8 +46,8 @@ async def handle_stream(relay: Relay, stream: trio.SocketStream) -> None:
         request = await read_request(stream)
         if request is not None:
             await route(relay, stream, request)
-    except BadRequest as exc:
-        await _try_respond(stream, exc.status, exc.reason.encode())
+    except HttpError as exc:
+        await _try_respond(stream, exc)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     except Exception:
@@ -64,9 +64,9 @@ def peer_ip(stream: trio.SocketStream) -> str:
         return "unknown"
 
 
-async def _try_respond(stream: trio.abc.Stream, status: int, body: bytes) -> None:
+async def _try_respond(stream: trio.abc.Stream, refusal: HttpError) -> None:
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        await respond(stream, status, body)
+        await refuse(stream, refusal)
 
 
 async def route(relay: Relay, stream: trio.SocketStream, request: Request) -> None:
@@ -120,9 +120,8 @@ async def serve_websocket(
 ) -> None:
     try:
         frames = check_upgrade(request)
-    except HandshakeRefused as refused:
-        body = (refused.reason + "\n").encode()
-        await respond(stream, refused.status, body, extra_headers=refused.headers)
+    except HttpError as refused:
+        await refuse(stream, refused)
         return
     wire = WebSocketStream(stream, request.hand_over(), frames, relay.limits.max_message_bytes)
     del frames

@@ -12,28 +12,22 @@ import binascii
 
 import h11
 
-from relay.server.http import BadRequest, Request
+from relay.http import HttpError, Request
 
 WEBSOCKET_VERSION = "13"
 KEY_BYTES = 16
 
 
-class HandshakeRefused(BadRequest):
-    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
-        super().__init__(status, reason)
-        self.headers = headers
-
-
 def check_upgrade(request: Request) -> bytes:
     """The bytes the client sent after the request head (its first frames, if any), for
-    a valid upgrade request; HandshakeRefused otherwise."""
+    a valid upgrade request; HttpError (400, or 426 naming the version) otherwise."""
     if request.method != "GET":
-        raise HandshakeRefused(400, "a websocket upgrade must be a GET", [])
+        raise HttpError(400, "a websocket upgrade must be a GET")
     tokens = {t.strip().lower() for t in request.header("connection").split(",")}
     if "upgrade" not in tokens:
-        raise HandshakeRefused(400, "a websocket upgrade needs Connection: Upgrade", [])
+        raise HttpError(400, "a websocket upgrade needs Connection: Upgrade")
     if request.header("sec-websocket-version").strip() != WEBSOCKET_VERSION:
-        raise HandshakeRefused(
+        raise HttpError(
             426, f"unsupported websocket version: this relay speaks {WEBSOCKET_VERSION}",
             [("Sec-WebSocket-Version", WEBSOCKET_VERSION)],
         )  # fmt: skip
@@ -43,7 +37,7 @@ def check_upgrade(request: Request) -> bytes:
     except (binascii.Error, ValueError):
         valid = False
     if not valid:
-        raise HandshakeRefused(400, "Sec-WebSocket-Key must be 16 bytes in base64", [])
+        raise HttpError(400, "Sec-WebSocket-Key must be 16 bytes in base64")
     return _after_head(request)
 
 
@@ -54,4 +48,4 @@ def _after_head(request: Request) -> bytes:
         if event is h11.PAUSED:  # the head asked for a protocol switch: the rest is frames
             return bytes(conn.trailing_data[0])
         if not isinstance(event, h11.EndOfMessage):
-            raise HandshakeRefused(400, "a websocket upgrade has no body", [])
+            raise HttpError(400, "a websocket upgrade has no body")

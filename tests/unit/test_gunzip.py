@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from relay.server.http import GUNZIP_CHUNK, BadGzip, BodyTooLarge, gunzip
+from relay.http import GUNZIP_CHUNK, BadGzip, BodyTooLarge, gunzip
 
 
 def run(data: bytes, limit: int) -> tuple[int, list[bytes]]:

@@ -1,15 +1,20 @@
-"""Plain HTTP on the relay's port, parsed with h11: read a request head, send a response.
+"""HTTP/1.1 on the relay's port, parsed with h11: a request head, its body, a response.
 
-The bytes read while parsing are kept so a websocket upgrade can replay them into
-trio-websocket, which then performs the handshake itself.
+One error type for the whole boundary: every refusal is an HttpError carrying the status
+to answer with (as h11's `error_status_hint` does), so a route raises and the listener or
+the route's own handler answers. The bytes read while parsing the head are kept, so a
+websocket upgrade can hand them to the stream under trio-websocket (`server/wsstream`).
+Imported by both the websocket server and the git routes; it imports nothing of the relay.
 """
 
 from __future__ import annotations
 
+import io
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from typing import BinaryIO
 
 import h11
@@ -22,13 +27,36 @@ RECEIVE_CHUNK = 16 * 1024
 BodySink = Callable[[bytes], Awaitable[None]]
 
 
-class BadRequest(Exception):
-    """The bytes are not an HTTP/1.1 request head we can act on."""
+class HttpError(Exception):
+    """A request refused with `status`; `message` is the plain-text body (one line)."""
 
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
+    def __init__(
+        self, status: int, message: str, headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        super().__init__(message)
         self.status = status
-        self.reason = reason
+        self.message = message
+        self.headers = headers or []
+
+
+async def refuse(stream: trio.abc.Stream, refusal: HttpError) -> None:
+    """Answer with the refusal's status, headers and message (the connection closes)."""
+    body = (refusal.message + "\n").encode()
+    await respond(stream, refusal.status, body, extra_headers=refusal.headers)
+
+
+class BodyTooLarge(HttpError):
+    """The request body (or what it decompresses to) is larger than the route allows."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(413, message)
+
+
+class BadGzip(HttpError, ValueError):
+    """A body sent with Content-Encoding: gzip is not one whole gzip stream."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(400, f"the request body is not valid gzip: {detail}")
 
 
 @dataclass
@@ -49,7 +77,7 @@ class Request:
     @property
     def parser(self) -> h11.Connection:
         if self.conn is None:
-            raise BadRequest(500, "the request was handed over to another protocol")
+            raise HttpError(500, "the request was handed over to another protocol")
         return self.conn
 
     @property
@@ -77,8 +105,12 @@ async def read_request(stream: trio.abc.Stream) -> Request | None:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
-                raise BadRequest(exc.error_status_hint, f"bad request: {exc}") from None
+                raise HttpError(exc.error_status_hint, f"bad request: {exc}") from None
             if isinstance(event, h11.Request):
+                # h11 bounds only a head still incomplete; one that arrived whole in a
+                # couple of reads is held to the same limit here.
+                if len(raw) - len(conn.trailing_data[0]) > MAX_HEAD_BYTES:
+                    raise HttpError(431, "request header fields too large")
                 headers: dict[str, str] = {}
                 for name, value in event.headers:
                     key = name.decode("latin-1").lower()
@@ -100,7 +132,7 @@ async def read_request(stream: trio.abc.Stream) -> Request | None:
             else:
                 return None
     if timeout.cancelled_caught:
-        raise BadRequest(408, "request head not received in time")
+        raise HttpError(408, "request head not received in time")
     return None
 
 
@@ -128,14 +160,6 @@ async def respond(
         *(extra_headers or []),
     ]
     await stream.send_all(response_head(status, headers) + body)
-
-
-class BodyTooLarge(Exception):
-    """The request body is larger than the route allows."""
-
-
-class BadGzip(ValueError):
-    """A body sent with Content-Encoding: gzip is not one whole gzip stream."""
 
 
 GUNZIP_CHUNK = 256 * 1024
@@ -172,7 +196,7 @@ async def read_body(
     """Feed the request body (plain or chunked) to `sink`; returns its length.
 
     Answers `Expect: 100-continue` first. Raises BodyTooLarge past `max_bytes` and
-    BadRequest when the client stops before the end of the body.
+    HttpError 400 when the client stops before the end of the body.
     """
     conn = request.parser
     if conn.they_are_waiting_for_100_continue:
@@ -182,7 +206,7 @@ async def read_body(
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
-            raise BadRequest(400, f"bad request body: {exc}") from None
+            raise HttpError(400, f"bad request body: {exc}") from None
         if isinstance(event, h11.Data):
             total += len(event.data)
             if total > max_bytes:
@@ -193,10 +217,55 @@ async def read_body(
         elif event is h11.NEED_DATA:
             data = await stream.receive_some(RECEIVE_CHUNK)
             if not data:
-                raise BadRequest(400, "the request body ended early")
+                raise HttpError(400, "the request body ended early")
             conn.receive_data(bytes(data))
         else:
-            raise BadRequest(400, "unexpected data in the request body")
+            raise HttpError(400, "unexpected data in the request body")
+
+
+def is_gzipped(request: Request) -> bool:
+    return request.header("content-encoding").strip().lower() == "gzip"
+
+
+async def read_decoded_body(stream: trio.abc.Stream, request: Request, max_bytes: int) -> bytes:
+    """The whole request body in memory, gunzipped when it says Content-Encoding: gzip;
+    neither what arrives nor what it decompresses to may exceed `max_bytes`."""
+    parts: list[bytes] = []
+
+    async def keep(chunk: bytes) -> None:
+        parts.append(chunk)
+
+    await read_body(stream, request, max_bytes, keep)
+    body = b"".join(parts)
+    if not is_gzipped(request):
+        return body
+    out: list[bytes] = []
+    await trio.to_thread.run_sync(gunzip, io.BytesIO(body), out.append, max_bytes)
+    return b"".join(out)
+
+
+async def spool_decoded_body(
+    stream: trio.abc.Stream, request: Request, path: Path, max_bytes: int
+) -> None:
+    """The request body written to the file `path`, gunzipped when it says so, within
+    `max_bytes` both ways: for bodies too large to hold in memory (a pushed pack)."""
+    gzipped = is_gzipped(request)
+    received = path.with_suffix(".gz") if gzipped else path
+    handle = await trio.open_file(received, "wb")
+    async with handle:
+        await read_body(stream, request, max_bytes, handle.write)  # type: ignore[arg-type]
+    if gzipped:
+        try:
+            await trio.to_thread.run_sync(_gunzip_file, received, path, max_bytes)
+        finally:
+            received.unlink(missing_ok=True)
+
+
+def _gunzip_file(source: Path, target: Path, max_bytes: int) -> None:
+    """The gzip file `source` decompressed into `target`, at most `max_bytes` of it (the
+    caller removes a partial `target` when the limit refuses the body)."""
+    with open(source, "rb") as compressed, open(target, "wb") as plain:
+        gunzip(compressed, plain.write, max_bytes)
 
 
 async def send_chunked(

@@ -1,0 +1,151 @@
+"""A push, end to end: receive-pack with the relay's hook, publish, answer, ref state.
+
+git checks the pack and asks the hook (`hookserver`), the relay decides who may push what
+(`policy`); only when git accepted every ref and the relay allowed it is the result staged
+and committed by the pointer CAS (`push`). A push is all or nothing: when anything is
+refused, every ref is reported refused. The relay-signed 30618 follows a committed push;
+the push's answer never waits on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from relay.events.model import Event
+from relay.git import model, pktline, policy
+from relay.git.hookserver import hook_server
+from relay.git.push import Conflict, Published, Refused, Staged, commit, stage
+from relay.git.refstate import build_ref_state
+from relay.git.refsync import CONVERGE_ERRORS
+from relay.git.workspace import GitLimits, Workspace, run_git
+from relay.http import HttpError, respond
+
+if TYPE_CHECKING:
+    from coincurve import PrivateKey
+
+    from relay.git.objectstore import GitObjects
+    from relay.git.packcache import PackCache
+    from relay.git.refsync import RefStates
+    from relay.git.routes import GitRoute
+
+log = logging.getLogger(__name__)
+
+# The pointer CAS and the push's answer run shielded from cancellation for at most this.
+COMMIT_SECONDS = 5.0
+RESULT_TYPE = "application/x-git-receive-pack-result"
+NO_CACHE = [("Cache-Control", "no-cache")]
+HEAD_BYTES = 1024 * 1024  # the commands are read from at most this much of the body
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    """One push request: where it goes, who sends it, under which announcement."""
+
+    route: GitRoute
+    community_id: int
+    pointer_key: str
+    pusher: str
+    announcement: Event
+
+
+@dataclass
+class Receiver:
+    """Runs pushes; handed the parts it uses."""
+
+    objects: GitObjects
+    ref_states: RefStates
+    key: PrivateKey
+    limits: GitLimits
+    max_event_bytes: int  # the relay-signed 30618 must fit it
+    cache: PackCache | None
+
+    async def receive(
+        self, stream: trio.abc.Stream, ws: Workspace, spool: Path, push: Push
+    ) -> None:
+        """Run receive-pack on the spooled body in the hydrated `ws`, publish what it
+        accepted, and answer git's report on `stream`."""
+        head = await trio.to_thread.run_sync(_read_head, spool)
+        try:
+            commands, capabilities = pktline.parse_commands(head)
+        except ValueError:
+            raise HttpError(400, "the receive-pack request is not pkt-line commands") from None
+        side_band = "side-band-64k" in capabilities
+        decide = partial(policy.evaluate, push.pusher, push.announcement)
+        async with hook_server(ws.path, decide) as hooks:
+            result = await run_git(
+                # Whatever arrives stays one checked pack, published as it is.
+                ["-c", "receive.unpackLimit=1", "receive-pack", "--stateless-rpc", str(ws.path)],
+                home=ws.path,
+                timeout=self.limits.timeout_seconds,
+                stdin_path=spool,
+                env=hooks.env,
+                check=False,
+            )
+        report = pktline.parse_report(result.stdout, side_band)
+        stdout = result.stdout
+        git_took_all = result.returncode == 0 and report.unpack_ok and not report.rejected
+        if not (git_took_all and hooks.allowed):
+            if report.accepted:
+                # git took some refs and refused others; nothing was published, so none of
+                # them was pushed: a push is all or nothing, and the report says so.
+                stdout = pktline.refuse_all(stdout, commands, side_band)
+            await respond(stream, 200, stdout, RESULT_TYPE, NO_CACHE)
+            return
+        fits = partial(self._state_fits, push.route.repo_id, push.pusher)
+        staged = await stage(self.objects, ws, self.limits, self.cache, accept=fits)
+        if isinstance(staged, Refused):
+            stdout = pktline.refuse_all(stdout, commands, side_band, staged.reason)
+        outcome: Published | Conflict | None = None
+        # The CAS and its answer are not parted by a shutdown: a push the pointer took is
+        # answered as done (bounded, so a stuck store still lets the relay stop).
+        with trio.move_on_after(COMMIT_SECONDS) as committing:
+            committing.shield = True
+            if isinstance(staged, Staged):
+                outcome = await commit(self.objects, staged, push.pointer_key, ws.token)
+            if isinstance(outcome, Conflict):
+                raise HttpError(
+                    409,
+                    "push rejected: the repository changed while you pushed; "
+                    "fetch, merge or rebase, and push again",
+                )
+            await respond(stream, 200, stdout, RESULT_TYPE, NO_CACHE)
+        if isinstance(outcome, Published) and outcome.digest != ws.digest:
+            await self._announce_state(push)
+
+    def _state_fits(self, repo_id: str, pusher: str, manifest: model.Manifest) -> str | None:
+        """Why the ref-state event of `manifest` would be refused, or None: it is an event
+        like any other, and larger than RELAY_MAX_EVENT_BYTES no relay would take it."""
+        state = build_ref_state(
+            self.key, repo_id=repo_id, head=manifest.head, refs=manifest.refs,
+            actor=pusher, created_at=int(time.time()),
+        )  # fmt: skip
+        limit = self.max_event_bytes
+        if len(state.to_json().encode()) > limit:
+            return f"too many refs: the repository state event would be over {limit} bytes"
+        return None
+
+    async def _announce_state(self, push: Push) -> None:
+        """The relay-signed 30618 after a push. The push is done (the CAS committed it), so
+        its answer never depends on this: a failure here is the reconciler's to mend."""
+        route = push.route
+        try:
+            await self.ref_states.converge(
+                push.community_id, route.owner, route.repo_id, push.pusher
+            )
+        except CONVERGE_ERRORS as exc:
+            log.warning(
+                "the ref state of %s/%s is behind its push (%s); the reconciler will emit it",
+                route.owner, route.repo_id, exc,
+            )  # fmt: skip
+
+
+def _read_head(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(HEAD_BYTES)
