@@ -14,16 +14,13 @@ import trio
 from coincurve import PrivateKey
 
 from relay.config import ConfigError, Settings, load_settings, settings_help
+from relay.errors import EXIT_CONFIG, OperatorError
 from relay.git.gc import DEFAULT_GRACE_SECONDS, collect
 from relay.git.probe import ProbeFailed
 from relay.logs import configure_logging
-from relay.store.db import DatabaseError
-from relay.store.migrations import MigrationError, migrate
+from relay.store.migrations import migrate
 
 log = logging.getLogger("relay")
-
-EXIT_CONFIG = 2
-EXIT_FAILURE = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(f"relay: configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        print(f"relay: {exc.prefix}{exc}", file=sys.stderr)
+        return exc.exit_status
     configure_logging(settings.log_level, settings.log_format)
     runner = {"serve": _serve, "migrate": _migrate, "probe": _probe}.get(args.command)
     if args.command == "community":
@@ -217,11 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         known = _find_known_error(exc)
         if known is None:
             raise
-        if isinstance(known, ConfigError):
-            print(f"relay: configuration error: {known}", file=sys.stderr)
-            return EXIT_CONFIG
-        print(f"relay: {known}", file=sys.stderr)
-        return EXIT_FAILURE
+        print(f"relay: {known.prefix}{known}", file=sys.stderr)
+        return known.exit_status
     return 0
 
 
@@ -243,9 +237,9 @@ def _token(url: str, key_file: str | None) -> int:
     return 0
 
 
-def _find_known_error(exc: BaseException) -> Exception | None:
+def _find_known_error(exc: BaseException) -> OperatorError | None:
     """The first error with a message for the operator, looking inside exception groups."""
-    if isinstance(exc, ConfigError | MigrationError | DatabaseError | ProbeFailed):
+    if isinstance(exc, OperatorError):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:

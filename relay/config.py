@@ -13,12 +13,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from relay.errors import EXIT_CONFIG, OperatorError
 from relay.protocol.hosts import normalize_host
 from relay.protocol.limits import Limits, Rate, RateLimits
 
 
-class ConfigError(ValueError):
+class ConfigError(OperatorError, ValueError):
     """A setting has a value the relay cannot use; the message names the setting."""
+
+    exit_status = EXIT_CONFIG
+    prefix = "configuration error: "
 
 
 def _int_in(low: int, high: int) -> Callable[[str], int]:

@@ -20,7 +20,7 @@ from relay.events.side_effects import Handled, SideEffect, Verdict
 from relay.events.verify import BatchVerifier
 from relay.protocol.limits import Limits
 from relay.pubsub.fanout import Fanout
-from relay.store.db import STORE_ERRORS
+from relay.store.db import DatabaseError
 from relay.store.events import Coordinate, EventStore, Saved, SaveResult
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class Ingest:
             return Verdict(True, "")
         try:
             handled = await self._handle_in_time(community_id, event, raw)
-        except STORE_ERRORS as exc:
+        except DatabaseError as exc:
             log.error("storing event %s failed: %s", event.id, exc)
             return STORE_FAILED
         if handled is None:

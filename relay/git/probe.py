@@ -20,6 +20,7 @@ from typing import TypeVar
 
 import trio
 
+from relay.errors import OperatorError
 from relay.git import model
 from relay.git.objectstore import (
     CasResult,
@@ -35,7 +36,7 @@ T = TypeVar("T")
 PROBE_PREFIX = "probe/"
 
 
-class ProbeFailed(Exception):
+class ProbeFailed(OperatorError):
     pass
 
 

@@ -28,7 +28,7 @@ from relay.git.refstate import build_ref_state, next_created_at, states_agree
 from relay.git.registry import RepoRegistry
 from relay.keys import pubkey_hex
 from relay.protocol.filters import Filter
-from relay.store.db import STORE_ERRORS
+from relay.store.db import DatabaseError
 from relay.store.events import EventStore, Saved
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 MAX_ROUNDS = 5
 Publish = Callable[[int, Event, str], None]
 # What a convergence can fail with: it is retried later, never raised past the caller.
-CONVERGE_ERRORS: tuple[type[Exception], ...] = (*STORE_ERRORS, StoreError, model.InvalidName)
+CONVERGE_ERRORS: tuple[type[Exception], ...] = (DatabaseError, StoreError, model.InvalidName)
 
 
 class RefStates:

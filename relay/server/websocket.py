@@ -22,7 +22,7 @@ from relay.protocol import messages as msg
 from relay.protocol.session import Session
 from relay.server.outbox import Outbox
 from relay.server.wsstream import WebSocketStream
-from relay.store.db import STORE_ERRORS
+from relay.store.db import DatabaseError
 from relay.store.events import QueryTooExpensive
 
 if TYPE_CHECKING:
@@ -204,7 +204,7 @@ class ClientConnection:
             except QueryTooExpensive:
                 await out.put(msg.closed(parsed.sub_id, QUERY_TOO_EXPENSIVE))
                 return
-            except STORE_ERRORS as exc:
+            except DatabaseError as exc:
                 log.error("COUNT failed: %s", exc)
                 await out.put(msg.closed(parsed.sub_id, QUERY_FAILED))
                 return
@@ -283,7 +283,7 @@ class ClientConnection:
             self._close_subscription(req.sub_id)
             await self.outbox.put(msg.closed(req.sub_id, QUERY_TOO_EXPENSIVE))
             return
-        except STORE_ERRORS as exc:
+        except DatabaseError as exc:
             log.error("REQ failed: %s", exc)
             self._close_subscription(req.sub_id)
             await self.outbox.put(msg.closed(req.sub_id, QUERY_FAILED))

@@ -13,12 +13,16 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 import asyncpg
 import trio_asyncio
 
+from relay.errors import OperatorError
+
 T = TypeVar("T")
 P = ParamSpec("P")
 
 Connection = asyncpg.Connection
-# What a failed database round trip raises: the caller answers `error:` and carries on.
-STORE_ERRORS: tuple[type[Exception], ...] = (
+# What the driver raises for a failed round trip. Only work running on a connection (the
+# asyncio side of `Database.run`) sees these; everything above the boundary sees
+# DatabaseError, as `Database.run` maps them.
+DRIVER_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
@@ -27,6 +31,7 @@ STORE_ERRORS: tuple[type[Exception], ...] = (
     # of the websocket connection that happened to be waiting on it.
     asyncpg.exceptions.InternalClientError,
 )
+UNDEFINED_TABLE = "42P01"
 
 
 class RelayConnection(asyncpg.Connection):  # type: ignore[misc,unused-ignore]
@@ -42,8 +47,22 @@ class RelayConnection(asyncpg.Connection):  # type: ignore[misc,unused-ignore]
         return ""
 
 
-class DatabaseError(RuntimeError):
-    """Postgres could not be reached or failed in a way the caller cannot classify."""
+class DatabaseError(OperatorError, RuntimeError):
+    """Postgres could not be reached, or refused or failed a round trip.
+
+    `sqlstate` is Postgres's error code when the server answered with one (23503 for a
+    foreign key, 42P01 for a missing table), None when the round trip itself failed. The
+    caller answers `error:` (a client) or stops with the message (a command)."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+    @classmethod
+    def of(cls, exc: BaseException) -> DatabaseError:
+        """The boundary's error for a driver error."""
+        sqlstate = getattr(exc, "sqlstate", None)
+        return cls(str(exc) or type(exc).__name__, sqlstate if isinstance(sqlstate, str) else None)
 
 
 class Database:
@@ -62,7 +81,7 @@ class Database:
                 command_timeout=60,
                 connection_class=RelayConnection,
             )
-        except (OSError, asyncpg.PostgresError) as exc:
+        except DRIVER_ERRORS as exc:
             raise DatabaseError(f"cannot connect to the database: {exc}") from exc
         assert pool is not None
         return cls(pool)
@@ -73,7 +92,9 @@ class Database:
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
-        """Run `work(connection, ...)` on the asyncio side with one pooled connection."""
+        """Run `work(connection, ...)` on the asyncio side with one pooled connection.
+
+        A driver error that escapes `work` comes out as DatabaseError."""
 
         async def on_asyncio() -> T:
             async with self._pool.acquire() as conn:
@@ -82,6 +103,8 @@ class Database:
         started = time.perf_counter()
         try:
             result: T = await trio_asyncio.aio_as_trio(on_asyncio)()
+        except DRIVER_ERRORS as exc:
+            raise DatabaseError.of(exc) from exc
         finally:
             if self.observe is not None:
                 name = getattr(work, "__name__", "query").lstrip("_")
@@ -94,8 +117,11 @@ class Database:
 
         try:
             return bool(await self.run(select_one) == 1)
-        except STORE_ERRORS:
+        except DatabaseError:
             return False
 
     async def close(self) -> None:
-        await trio_asyncio.aio_as_trio(self._pool.close)()
+        try:
+            await trio_asyncio.aio_as_trio(self._pool.close)()
+        except DRIVER_ERRORS as exc:
+            raise DatabaseError.of(exc) from exc

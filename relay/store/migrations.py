@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
+from relay.errors import OperatorError
 from relay.store.db import Connection, Database
 
 # An arbitrary constant shared by every pod: "relay migrations".
@@ -38,7 +39,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
-class MigrationError(RuntimeError):
+class MigrationError(OperatorError, RuntimeError):
     """The database and the migration files disagree; start-up must stop."""
 
 

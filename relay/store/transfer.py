@@ -37,6 +37,7 @@ import trio
 
 from relay.app import open_database
 from relay.config import ConfigError, Settings
+from relay.errors import OperatorError
 from relay.events import kinds, rules
 from relay.events.kinds import Storage, storage_class
 from relay.events.model import Event, InvalidEvent, parse_event
@@ -45,7 +46,13 @@ from relay.git.refstate import check_ref_state
 from relay.protocol.hosts import normalize_host
 from relay.protocol.limits import Limits
 from relay.store.communities import Communities
-from relay.store.db import STORE_ERRORS, Connection, Database, DatabaseError
+from relay.store.db import (
+    DRIVER_ERRORS,
+    UNDEFINED_TABLE,
+    Connection,
+    Database,
+    DatabaseError,
+)
 from relay.store.events import EventStore, Saved
 from relay.store.group_commit import Pending, batchable, save_regular
 from relay.store.migrations import migrate
@@ -85,7 +92,9 @@ def community_host(settings: Settings, community: str | None) -> str:
 async def _resolve(db: Database, host: str) -> int:
     try:
         community_id = await Communities(db).resolve(host)
-    except asyncpg.UndefinedTableError:
+    except DatabaseError as exc:
+        if exc.sqlstate != UNDEFINED_TABLE:
+            raise
         raise DatabaseError("the database has no relay tables; run `relay migrate`") from None
     if community_id is None:
         raise UnknownCommunity(f"community {host!r} does not exist in this database")
@@ -114,7 +123,7 @@ async def _export_batch(
     )
 
 
-class OutputClosed(DatabaseError):
+class OutputClosed(OperatorError):
     """Export could not write all its events (exit status 1, with a one-line message)."""
 
 
@@ -127,7 +136,7 @@ async def export_events(
     while True:
         try:
             rows = await db.run(_export_batch, community_id, now, after, batch)
-        except STORE_ERRORS as exc:
+        except DatabaseError as exc:
             raise DatabaseError(f"reading events failed after {total}: {exc}") from exc
         if not rows:
             return total
@@ -342,7 +351,7 @@ async def _save_batch(
             await conn.execute("RESET synchronous_commit")
         # A transaction with an id commits synchronously: WAL is flushed up to here.
         await conn.fetchval("SELECT txid_current()")
-    except STORE_ERRORS as exc:
+    except DRIVER_ERRORS as exc:
         saving.failure = (line, exc)
     return saving
 
@@ -386,7 +395,7 @@ async def import_events(
             continue
         try:
             saving = await db.run(_save_batch, community_id, events)
-        except STORE_ERRORS as exc:  # no connection: nothing of the batch was stored
+        except DatabaseError as exc:  # no connection: nothing of the batch was stored
             saving = _Saving(failure=(events[0][0], exc))
         for saved in saving.outcomes:
             report.add_saved(saved)
