@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "gc":
         runner = partial(_gc, dry_run=args.dry_run, grace=args.grace)
     elif runner is None:
-        from relay.store import transfer
+        from relay import transfer
 
         command = {"export": transfer.export_command, "import": transfer.import_command}
         runner = partial(command[args.command], community=args.community)
