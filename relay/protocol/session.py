@@ -17,6 +17,14 @@ class Subscription:
     backlog: list[tuple[str, str]] | None = field(default_factory=list)
     backlog_bytes: int = 0
 
+    def hold(self, event_id: str, raw: str, max_bytes: int) -> bool:
+        """Keep a live event until the stored ones are sent; False once the held events
+        are over `max_bytes` (the client reads too slowly to keep up)."""
+        assert self.backlog is not None
+        self.backlog.append((event_id, raw))
+        self.backlog_bytes += len(raw)
+        return self.backlog_bytes <= max_bytes
+
 
 @dataclass
 class Session:
@@ -65,6 +73,23 @@ class Session:
             for sid, sub in self.subscriptions.items()
             if sid in sub_ids and matches_any(sub.filters, event)
         ]
+
+    def route_live(
+        self, event: Event, raw: str, sub_ids: set[str], max_held_bytes: int
+    ) -> tuple[list[str], int, bool]:
+        """A live event for this connection: the subscriptions to send it to now (in the
+        order they were opened), how many held it back (still sending stored events), and
+        whether a hold grew past `max_held_bytes` (then the connection is given up)."""
+        send: list[str] = []
+        held = 0
+        for sub_id, sub in self.matching(event, sub_ids):
+            if sub.backlog is None:
+                send.append(sub_id)
+            elif sub.hold(event.id, raw, max_held_bytes):
+                held += 1
+            else:
+                return send, held, True
+        return send, held, False
 
     def go_live(self, sub_id: str, sent_ids: set[str]) -> list[str]:
         """End the stored phase; returns held-back events not already sent, oldest first."""

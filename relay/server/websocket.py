@@ -49,15 +49,14 @@ class LiveSink:
         self.outbox = outbox
 
     def deliver(self, event: Event, raw: str, sub_ids: set[str]) -> int:
-        queued = 0
-        for sub_id, sub in self.session.matching(event, sub_ids):
-            if sub.backlog is not None:
-                sub.backlog.append((event.id, raw))
-                sub.backlog_bytes += len(raw)
-                if sub.backlog_bytes > self.outbox.max_bytes:
-                    self.outbox.give_up()
-                    break
-            elif not self.outbox.offer(msg.event_frame(sub_id, raw)):
+        send, queued, overflowed = self.session.route_live(
+            event, raw, sub_ids, self.outbox.max_bytes
+        )
+        if overflowed:
+            self.outbox.give_up()
+            return queued
+        for sub_id in send:
+            if not self.outbox.offer(msg.event_frame(sub_id, raw)):
                 break
             queued += 1
         return queued
