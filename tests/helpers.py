@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -61,6 +62,19 @@ def make_event(
         content=f"note {next(_counter)}" if content is None else content,
         tags=tags,
         created_at=int(time.time()) if created_at is None else created_at,
+    )
+
+
+def auth_event(
+    key: PrivateKey, challenge: str, relay_url: str, created_at: int | None = None
+) -> Event:
+    """A NIP-42 AUTH event (kind 22242) answering `challenge` for the relay at `relay_url`."""
+    return make_event(
+        key,
+        kind=22242,
+        content="",
+        tags=[["relay", relay_url], ["challenge", challenge]],
+        created_at=created_at,
     )
 
 
@@ -125,6 +139,18 @@ class NostrClient:
         return self.challenge
 
 
+async def close_code_after(client: NostrClient) -> int:
+    """Read until the relay closes the websocket; its close code."""
+    with trio.fail_after(RECEIVE_TIMEOUT):
+        while True:
+            try:
+                await client.ws.get_message()
+            except trio_websocket.ConnectionClosed as exc:
+                assert exc.reason is not None and client.ws.closed is not None
+                assert client.ws.closed.code == exc.reason.code
+                return int(exc.reason.code)
+
+
 @asynccontextmanager
 async def connect(
     port: int, host: str = "127.0.0.1", *, max_message_size: int = 64 * 1024 * 1024
@@ -153,6 +179,18 @@ async def sql(db_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
             await conn.close()
 
     return await trio.to_thread.run_sync(asyncio.run, run())
+
+
+async def stored_ids(db_url: str) -> list[str]:
+    """The ids of every stored event, in order."""
+    rows = await sql(db_url, "SELECT encode(id, 'hex') AS id FROM events ORDER BY 1")
+    return [r["id"] for r in rows]
+
+
+async def community_of(db_url: str, host: str = "127.0.0.1") -> int:
+    """The id of the community `host` names."""
+    rows = await sql(db_url, "SELECT id FROM communities WHERE host = $1", host)
+    return int(rows[0]["id"])
 
 
 @asynccontextmanager
@@ -211,6 +249,8 @@ async def http_get(
 
 
 RELAY_READY_TIMEOUT = 60.0
+# The `relay` command, run from this checkout.
+RELAY_CLI = [sys.executable, "-m", "relay.cli"]
 
 
 def clean_environ() -> dict[str, str]:
@@ -225,7 +265,7 @@ async def relay_process(
     Stopped with SIGTERM (then SIGKILL) on the way out unless the test already stopped it."""
     with open(log_path, "wb") as log:
         proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "relay.cli", "serve"],
+            [*RELAY_CLI, "serve"],
             env={**clean_environ(), **env, "RELAY_PORT": str(port)},
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -254,6 +294,10 @@ async def relay_process(
                         await proc.wait()
 
 
+OP_CONT, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
+OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
+
+
 def client_frame(
     opcode: int,
     payload: bytes = b"",
@@ -279,3 +323,13 @@ def client_frame(
         return head + payload
     key = mask if mask is not None else os.urandom(4)
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def text_frame(value: object, **kwargs: bool) -> bytes:
+    """A masked client text frame holding `value` as JSON."""
+    return client_frame(OP_TEXT, orjson.dumps(value), **kwargs)
+
+
+def close_body(code: int, reason: str = "") -> bytes:
+    """The payload of a close frame: the code, then the reason."""
+    return struct.pack("!H", code) + reason.encode()

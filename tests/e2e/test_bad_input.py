@@ -16,22 +16,22 @@ from typing import Any
 import orjson
 import pytest
 import trio
-import trio_websocket
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from relay.events.model import Event
-from tests.conftest import start_relay
 from tests.helpers import (
     RECEIVE_TIMEOUT,
     NostrClient,
     RelayUnderTest,
     client_frame,
+    close_code_after,
     connect,
     make_event,
     new_key,
     sql,
 )
+from tests.services import start_relay
 
 Frame = str | bytes
 
@@ -608,18 +608,6 @@ async def test_hand_built_valid_text_frame_is_accepted(relay: RelayUnderTest) ->
 
 
 # -- frame size --------------------------------------------------------------------------------
-
-
-async def close_code_after(client: NostrClient) -> int:
-    """Read until the relay closes the websocket; its close code."""
-    with trio.fail_after(RECEIVE_TIMEOUT):
-        while True:
-            try:
-                await client.ws.get_message()
-            except trio_websocket.ConnectionClosed as exc:
-                assert exc.reason is not None and client.ws.closed is not None
-                assert client.ws.closed.code == exc.reason.code
-                return int(exc.reason.code)
 
 
 async def test_oversized_frame_closes_with_1009(relay: RelayUnderTest) -> None:

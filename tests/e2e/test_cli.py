@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import orjson
@@ -14,21 +12,24 @@ import pytest
 import trio
 
 from relay.config import SETTINGS
-from tests.helpers import RelayUnderTest, connect, http_get, make_event
-
-RELAY = [sys.executable, "-m", "relay.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.helpers import (
+    RELAY_CLI,
+    RelayUnderTest,
+    clean_environ,
+    connect,
+    http_get,
+    make_event,
+)
+from tests.services import free_port
 
 
 def run_relay(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     return subprocess.run(
-        [*RELAY, *args], env={**clean, **env}, capture_output=True, text=True, timeout=60
+        [*RELAY_CLI, *args],
+        env={**clean_environ(), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -87,14 +88,17 @@ async def _wait_healthy(port: int, proc: trio.Process) -> None:
 
 async def test_serve_with_embedded_defaults_survives_a_restart(tmp_path: Path) -> None:
     port = free_port()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    env = {**clean, "RELAY_PORT": str(port), "RELAY_DATA_DIR": str(tmp_path / "d"),
-           "RELAY_LOG_FORMAT": "json"}
+    env = {
+        **clean_environ(),
+        "RELAY_PORT": str(port),
+        "RELAY_DATA_DIR": str(tmp_path / "d"),
+        "RELAY_LOG_FORMAT": "json",
+    }
     event = make_event()
     pubkeys = []
     for round_ in range(2):
         proc = await trio.lowlevel.open_process(
-            [*RELAY, "serve"], env=env, stderr=subprocess.PIPE
+            [*RELAY_CLI, "serve"], env=env, stderr=subprocess.PIPE
         )
         try:
             await _wait_healthy(port, proc)

@@ -22,8 +22,15 @@ import pytest
 import trio
 
 from relay.app import Relay
-from tests.e2e.test_websocket_protocol import OP_CLOSE, OP_TEXT, close_body, text_frame
-from tests.helpers import RelayUnderTest, client_frame, connect
+from tests.helpers import (
+    OP_CLOSE,
+    OP_TEXT,
+    RelayUnderTest,
+    client_frame,
+    close_body,
+    connect,
+    text_frame,
+)
 
 SUBSCRIPTIONS = 50
 TAG_VALUES = 200

@@ -16,42 +16,27 @@ import orjson
 import pytest
 import trio
 import trio_websocket
-from coincurve import PrivateKey
 
 from relay.events.model import Event
-from tests.conftest import start_relay
 from tests.helpers import (
     RECEIVE_TIMEOUT,
     NostrClient,
     RelayUnderTest,
+    auth_event,
+    close_code_after,
     connect,
     http_get,
     make_event,
     new_key,
     sql,
+    stored_ids,
     transaction_held,
 )
-
-
-async def stored_ids(relay: RelayUnderTest) -> list[str]:
-    rows = await sql(relay.db_url, "SELECT encode(id, 'hex') AS id FROM events ORDER BY 1")
-    return [r["id"] for r in rows]
+from tests.services import start_relay
 
 
 async def tag_count(relay: RelayUnderTest) -> int:
     return int((await sql(relay.db_url, "SELECT count(*) AS n FROM event_tags"))[0]["n"])
-
-
-async def close_code_after(client: NostrClient) -> int:
-    """Read until the relay closes the websocket; its close code."""
-    with trio.fail_after(RECEIVE_TIMEOUT):
-        while True:
-            try:
-                await client.ws.get_message()
-            except trio_websocket.ConnectionClosed as exc:
-                assert exc.reason is not None and client.ws.closed is not None
-                assert client.ws.closed.code == exc.reason.code
-                return int(exc.reason.code)
 
 
 def event_of_size(size: int, **kwargs: Any) -> Event:
@@ -125,7 +110,7 @@ async def test_max_limit_clamps_and_default_limit_applies(
         # COUNT counts everything that matches; the clamp is about returned events.
         await client.send(["COUNT", "n", {"authors": [author], "limit": 100}])
         assert await client.recv() == ["COUNT", "n", {"count": 8}]
-    assert len(await stored_ids(relay)) == 8
+    assert len(await stored_ids(relay.db_url)) == 8
 
 
 async def test_max_subid_length(nursery: trio.Nursery, db_url: str, tmp_path: Path) -> None:
@@ -172,7 +157,7 @@ async def test_max_event_tags(nursery: trio.Nursery, db_url: str, tmp_path: Path
         assert await client.publish(six) == [
             "OK", six.id, False, "invalid: event has more than 5 tags"
         ]
-    assert await stored_ids(relay) == [five.id]
+    assert await stored_ids(relay.db_url) == [five.id]
     assert await tag_count(relay) == 5
 
 
@@ -187,7 +172,7 @@ async def test_max_tag_value_bytes(nursery: trio.Nursery, db_url: str, tmp_path:
             assert await client.publish(event) == [
                 "OK", event.id, False, "invalid: single-letter tag values are limited to 64 bytes"
             ]
-    assert await stored_ids(relay) == [fits.id]
+    assert await stored_ids(relay.db_url) == [fits.id]
 
 
 async def test_max_future_seconds(nursery: trio.Nursery, db_url: str, tmp_path: Path) -> None:
@@ -200,7 +185,7 @@ async def test_max_future_seconds(nursery: trio.Nursery, db_url: str, tmp_path: 
         assert await client.publish(later) == [
             "OK", later.id, False, "invalid: created_at is more than 60 seconds in the future"
         ]
-    assert await stored_ids(relay) == [soon.id]
+    assert await stored_ids(relay.db_url) == [soon.id]
 
 
 async def test_max_event_bytes(nursery: trio.Nursery, db_url: str, tmp_path: Path) -> None:
@@ -212,7 +197,7 @@ async def test_max_event_bytes(nursery: trio.Nursery, db_url: str, tmp_path: Pat
         assert await client.publish(over) == [
             "OK", over.id, False, "invalid: event is larger than 1024 bytes"
         ]
-    assert await stored_ids(relay) == [exact.id]
+    assert await stored_ids(relay.db_url) == [exact.id]
 
 
 def event_frame_of_size(size: int) -> tuple[Event, str]:
@@ -233,12 +218,12 @@ async def test_max_message_bytes(nursery: trio.Nursery, db_url: str, tmp_path: P
         assert await client.recv() == ["OK", fits.id, True, ""]
         await client.send(over_frame)
         assert await close_code_after(client) == 1009
-    assert await stored_ids(relay) == [fits.id]
+    assert await stored_ids(relay.db_url) == [fits.id]
     # Only that connection was closed; the relay serves new ones.
     async with connect(relay.port) as client:
         note = make_event()
         assert await client.publish(note) == ["OK", note.id, True, ""]
-    assert over.id not in await stored_ids(relay)
+    assert over.id not in await stored_ids(relay.db_url)
 
 
 # -- NIP-11 --------------------------------------------------------------------------------
@@ -289,24 +274,18 @@ async def test_nip11_advertises_every_configured_limit(
 # -- NIP-42 keys per connection ----------------------------------------------------------------
 
 
-def auth_event(key: PrivateKey, challenge: str, port: int) -> Event:
-    return make_event(
-        key, kind=22242, content="",
-        tags=[["relay", f"ws://127.0.0.1:{port}"], ["challenge", challenge]],
-    )  # fmt: skip
-
-
 async def test_max_auth_keys(nursery: trio.Nursery, db_url: str, tmp_path: Path) -> None:
     """Every key a connection authenticates is rate-limited on each of its later messages:
     50,000 of them made each message 50,000 checks. The keys are capped."""
     relay = await start_relay(nursery, db_url, tmp_path, max_auth_keys=2)
+    url = f"ws://127.0.0.1:{relay.port}"
     first, second, third = new_key(), new_key(), new_key()
     async with connect(relay.port) as client:
         challenge = await client.wait_challenge()
         for key in (first, second, first):  # the same key again takes no new place
-            auth = auth_event(key, challenge, relay.port)
+            auth = auth_event(key, challenge, url)
             assert await client.publish_auth(auth) == ["OK", auth.id, True, ""]
-        refused = auth_event(third, challenge, relay.port)
+        refused = auth_event(third, challenge, url)
         assert await client.publish_auth(refused) == [
             "OK", refused.id, False,
             "blocked: too many keys authenticated on this connection (max 2)",
@@ -329,7 +308,7 @@ async def test_auth_is_rate_limited_like_req(
         challenge = await client.wait_challenge()
         answers = []
         for _ in range(3):
-            auth = auth_event(new_key(), challenge, relay.port)
+            auth = auth_event(new_key(), challenge, f"ws://127.0.0.1:{relay.port}")
             answers.append((await client.publish_auth(auth))[2:])
     assert answers[:2] == [[True, ""], [True, ""]]
     assert answers[2] == [False, "rate-limited: slow down, too many requests"]
@@ -414,7 +393,7 @@ async def test_slow_consumer_is_dropped_without_slowing_anyone_else(
     assert frames[-1][0] == "NOTICE" and frames[-1][1].startswith(TOO_SLOW)
     assert frames[len(events):] == [frames[-1]]
     assert code == 1008
-    assert sorted(await stored_ids(relay)) == sorted(published)
+    assert sorted(await stored_ids(relay.db_url)) == sorted(published)
 
 
 async def test_stalled_consumer_that_never_reads_again_is_still_closed(
@@ -470,7 +449,7 @@ async def test_an_event_not_stored_in_time_gets_ok_false(
     async with connect(relay.port) as client:
         answer = await client.publish(event)
         assert answer[:3] == ["OK", event.id, True]
-    assert event.id in await stored_ids(relay)
+    assert event.id in await stored_ids(relay.db_url)
 
 
 # -- the query timeout -------------------------------------------------------------------------

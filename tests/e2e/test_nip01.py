@@ -6,8 +6,8 @@ import time
 
 import trio
 
-from tests.conftest import ADMIN_URL
 from tests.helpers import RelayUnderTest, connect, make_event, new_key, sql
+from tests.services import ADMIN_URL
 
 
 async def test_event_is_stored_and_returned_by_req(relay: RelayUnderTest) -> None:

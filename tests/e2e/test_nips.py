@@ -8,8 +8,16 @@ import orjson
 import trio
 
 from relay.server.nip11 import SUPPORTED_NIPS
-from tests.conftest import start_relay
-from tests.helpers import RelayUnderTest, connect, http_get, make_event, new_key, sql
+from tests.helpers import (
+    RelayUnderTest,
+    auth_event,
+    connect,
+    http_get,
+    make_event,
+    new_key,
+    sql,
+)
+from tests.services import start_relay
 
 
 async def test_nip11_document_with_cors(relay: RelayUnderTest) -> None:
@@ -86,16 +94,6 @@ async def test_expired_events_are_not_served_and_are_purged(
     with trio.fail_after(5):
         while (await sql(db_url, "SELECT count(*) AS n FROM events"))[0]["n"]:
             await trio.sleep(0.1)
-
-
-def auth_event(key: object, challenge: str, relay_url: str, created_at: int | None = None):
-    return make_event(
-        key,  # type: ignore[arg-type]
-        kind=22242,
-        content="",
-        tags=[["relay", relay_url], ["challenge", challenge]],
-        created_at=created_at,
-    )
 
 
 async def test_auth_accepts_matching_challenge_and_host(relay: RelayUnderTest) -> None:

@@ -34,19 +34,21 @@ from relay.git import model
 from relay.git.objectstore import GitObjects
 from relay.keys import pubkey_hex
 from relay.server.ratelimit import WINDOW_SECONDS
-from tests.conftest import free_port, moto_bucket, start_relay
 from tests.git.gitclient import Git, announce
 from tests.helpers import (
     NostrClient,
     clean_environ,
+    community_of,
     connect,
     http_get,
     make_event,
     new_key,
     relay_process,
     sql,
+    stored_ids,
 )
 from tests.redis_server import RedisServer
+from tests.services import free_port, moto_bucket, start_relay
 
 HOST = "127.0.0.1"
 
@@ -143,16 +145,6 @@ async def expect_event(client: NostrClient, sub_id: str, event_id: str) -> dict[
     assert frame[0] == "EVENT" and frame[1] == sub_id, frame
     assert frame[2]["id"] == event_id, frame
     return dict(frame[2])
-
-
-async def community_of(db_url: str, host: str = HOST) -> int:
-    rows = await sql(db_url, "SELECT id FROM communities WHERE host = $1", host)
-    return int(rows[0]["id"])
-
-
-async def stored_ids(db_url: str) -> set[str]:
-    rows = await sql(db_url, "SELECT encode(id, 'hex') AS id FROM events")
-    return {r["id"] for r in rows}
 
 
 def git_url(port: int, owner: str, repo: str) -> str:
@@ -369,7 +361,7 @@ async def test_sigterm_during_a_burst_loses_no_acknowledged_event(
     assert close_codes == [1001] * clients, close_codes
     assert refused == []
     assert len(acknowledged) >= 100
-    missing = set(acknowledged) - await stored_ids(db_url)
+    missing = set(acknowledged) - set(await stored_ids(db_url))
     assert not missing, f"{len(missing)} acknowledged events are not stored"
     assert "shutdown complete" in (tmp_path / "relay.log").read_text()
 
@@ -552,7 +544,7 @@ async def test_rate_limits_refuse_bursts_and_recover(
                     break
                 assert answer[3].startswith("rate-limited:"), answer
         assert trio.current_time() - refused_at >= 0.5
-        stored = await stored_ids(db_url)
+        stored = set(await stored_ids(db_url))
         assert accepted <= stored and refused[0][1] not in stored
 
         # REQ and COUNT share a budget of two: the third and fourth get CLOSED.

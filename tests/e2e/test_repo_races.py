@@ -8,9 +8,7 @@ the events stored. Every wait is bounded; every socket is on loopback.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +23,19 @@ from relay.git import model
 from relay.git.fsstore import FilesystemStore
 from relay.git.objectstore import GitObjects, Won
 from relay.keys import pubkey_hex
-from tests.conftest import free_port, moto_bucket, start_relay
+from tests.git.hosting import EMPTY, Hosted, hosted_relay, self_pubkey
 from tests.helpers import (
-    RelayUnderTest,
+    community_of,
     connect,
-    http_get,
     make_event,
     new_key,
     relay_process,
     sql,
 )
+from tests.services import free_port, moto_bucket, start_relay
 
 REPO = "myrepo"
 RACERS = 20
-HOST = "127.0.0.1"
-EMPTY = model.EMPTY_MANIFEST.digest
 BACKENDS = ("filesystem", "s3")
 
 
@@ -64,59 +60,6 @@ def announcement(
 
 def deletion(key: coincurve.PrivateKey, tags: list[list[str]]) -> Event:
     return make_event(key, kind=kinds.DELETION, content="", tags=tags)
-
-
-@dataclass
-class Hosted:
-    """A relay, the object store it writes git state to, and the community clients use."""
-
-    relay: RelayUnderTest
-    objects: GitObjects
-    community_id: int
-    relay_pubkey: str
-
-    @property
-    def port(self) -> int:
-        return self.relay.port
-
-    @property
-    def db_url(self) -> str:
-        return self.relay.db_url
-
-    async def pointer(self, owner: str, repo: str = REPO) -> tuple[str, str] | None:
-        return await self.objects.read_pointer(model.pointer_key(self.community_id, owner, repo))
-
-
-async def community_of(db_url: str, host: str = HOST) -> int:
-    rows = await sql(db_url, "SELECT id FROM communities WHERE host = $1", host)
-    return int(rows[0]["id"])
-
-
-async def self_pubkey(port: int) -> str:
-    status, _, body = await http_get(port, "/", Accept="application/nostr+json")
-    assert status == 200
-    return str(orjson.loads(body)["self"])
-
-
-@asynccontextmanager
-async def hosted_relay(
-    backend: str,
-    nursery: trio.Nursery,
-    db_url: str,
-    data_dir: Path,
-    moto_endpoint: str,
-    **overrides: Any,
-) -> AsyncIterator[Hosted]:
-    if backend == "s3":
-        async with moto_bucket(moto_endpoint) as (s3, store):
-            relay = await start_relay(nursery, db_url, data_dir, **s3, **overrides)
-            yield Hosted(
-                relay, GitObjects(store), await community_of(db_url), await self_pubkey(relay.port)
-            )
-    else:
-        relay = await start_relay(nursery, db_url, data_dir, **overrides)
-        objects = GitObjects(FilesystemStore(data_dir / "objects"))
-        yield Hosted(relay, objects, await community_of(db_url), await self_pubkey(relay.port))
 
 
 async def publish_concurrently(jobs: Sequence[tuple[int, Sequence[Event]]]) -> dict[str, list[Any]]:
@@ -358,7 +301,7 @@ async def test_re_announcement_keeps_the_pushed_pointer_and_emits_no_ref_state(
         states = await stored(hosted.db_url, hosted.community_id, kinds.REPO_STATE, REPO)
         assert len(states) == 1
         assert_initial_ref_state(states[0], hosted.relay_pubkey, REPO, owner)
-        seeded = await hosted.pointer(owner)
+        seeded = await hosted.pointer(owner, REPO)
         assert seeded is not None
         token, digest = seeded
         assert digest == EMPTY
@@ -369,7 +312,7 @@ async def test_re_announcement_keeps_the_pushed_pointer_and_emits_no_ref_state(
         key_ = model.pointer_key(hosted.community_id, owner, REPO)
         cas = await hosted.objects.cas_pointer(key_, pushed_digest, token)
         assert isinstance(cas, Won)
-        after_push = await hosted.pointer(owner)
+        after_push = await hosted.pointer(owner, REPO)
         assert after_push == (cas.token, pushed_digest)
 
         second = announcement(key, created_at=now)
@@ -378,7 +321,7 @@ async def test_re_announcement_keeps_the_pushed_pointer_and_emits_no_ref_state(
         again = await publish(hosted.port, second)
         assert again[2] is True and again[3].startswith("duplicate:")
 
-        assert await hosted.pointer(owner) == after_push
+        assert await hosted.pointer(owner, REPO) == after_push
         assert [s["id"] for s in await stored(
             hosted.db_url, hosted.community_id, kinds.REPO_STATE
         )] == [states[0]["id"]]
@@ -388,7 +331,7 @@ async def test_re_announcement_keeps_the_pushed_pointer_and_emits_no_ref_state(
         # An older version arriving late is refused and changes nothing.
         late = await publish(hosted.port, announcement(key, created_at=now - 5))
         assert late[2] is False and late[3].startswith("duplicate:")
-        assert await hosted.pointer(owner) == after_push
+        assert await hosted.pointer(owner, REPO) == after_push
         assert len(await stored(hosted.db_url, hosted.community_id, kinds.REPO_STATE)) == 1
 
 
@@ -402,14 +345,14 @@ async def test_a_taken_name_is_refused_without_trace(
     async with hosted_relay(backend, nursery, db_url, tmp_path, moto_endpoint) as hosted:
         alice, bob = new_key(), new_key()
         assert (await publish(hosted.port, announcement(alice)))[2] is True
-        before = await hosted.pointer(pubkey_hex(alice))
+        before = await hosted.pointer(pubkey_hex(alice), REPO)
         answer = await publish(hosted.port, announcement(bob))
         assert answer[2:] == [False, f"blocked: repo name {REPO} is taken"]
         assert await name_rows(hosted.db_url, hosted.community_id) == [
             (REPO, pubkey_hex(alice))
         ]
-        assert await hosted.pointer(pubkey_hex(bob)) is None
-        assert await hosted.pointer(pubkey_hex(alice)) == before
+        assert await hosted.pointer(pubkey_hex(bob), REPO) is None
+        assert await hosted.pointer(pubkey_hex(alice), REPO) == before
         announced = await stored(hosted.db_url, hosted.community_id, kinds.REPO_ANNOUNCEMENT)
         assert [e["pubkey"] for e in announced] == [pubkey_hex(alice)]
         states = await stored(hosted.db_url, hosted.community_id, kinds.REPO_STATE)
@@ -493,7 +436,7 @@ async def test_a_fresh_claim_adopts_the_pointer_a_deletion_left_behind(
         answer = await publish(hosted.port, announcement(key))
         assert answer[2] is True, answer
         assert await name_rows(hosted.db_url, hosted.community_id) == [(REPO, owner)]
-        assert await hosted.pointer(owner) == (written.token, leftover_digest)
+        assert await hosted.pointer(owner, REPO) == (written.token, leftover_digest)
         [state] = await stored(hosted.db_url, hosted.community_id, kinds.REPO_STATE)
         assert ["refs/heads/main", "b" * 40] in state["tags"]
 
@@ -501,7 +444,7 @@ async def test_a_fresh_claim_adopts_the_pointer_a_deletion_left_behind(
         # ordinary re-announcement.
         assert (await publish(hosted.port, announcement(new_key())))[2] is False
         assert (await publish(hosted.port, announcement(key)))[2] is True
-        assert await hosted.pointer(owner) == (written.token, leftover_digest)
+        assert await hosted.pointer(owner, REPO) == (written.token, leftover_digest)
 
 
 async def announce_after_deleting(hosted: Hosted) -> tuple[str, list[Any]]:
@@ -519,7 +462,7 @@ async def announce_after_deleting(hosted: Hosted) -> tuple[str, list[Any]]:
         created_at=now,
     )
     assert (await publish(hosted.port, delete))[2] is True
-    assert await hosted.pointer(owner) is None
+    assert await hosted.pointer(owner, REPO) is None
     return owner, await publish(hosted.port, announcement(key, created_at=now - 5))
 
 
@@ -542,7 +485,7 @@ async def test_a_re_announcement_of_a_deleted_coordinate_leaves_no_pointer(
     async with hosted_relay(backend, nursery, db_url, tmp_path, moto_endpoint) as hosted:
         owner, answer = await announce_after_deleting(hosted)
         assert answer[2] is False
-        assert await hosted.pointer(owner) is None
+        assert await hosted.pointer(owner, REPO) is None
 
 
 # -- deletion --------------------------------------------------------------------------------------
@@ -560,14 +503,14 @@ async def test_deleting_an_announcement_frees_the_name(
         assert (await publish(hosted.port, first))[2] is True
         address = f"{kinds.REPO_ANNOUNCEMENT}:{owner}:{REPO}"
         state = await stored(hosted.db_url, hosted.community_id, kinds.REPO_STATE, REPO)
-        pointer = await hosted.pointer(owner)
+        pointer = await hosted.pointer(owner, REPO)
         assert len(state) == 1 and pointer is not None
 
         # A stranger's deletion, by address and by id, does nothing.
         stranger_deletes = deletion(stranger, [["a", address], ["e", first.id]])
         assert (await publish(hosted.port, stranger_deletes))[2] is True
         assert await name_rows(hosted.db_url, hosted.community_id) == [(REPO, owner)]
-        assert await hosted.pointer(owner) == pointer
+        assert await hosted.pointer(owner, REPO) == pointer
         assert await stored(hosted.db_url, hosted.community_id, kinds.REPO_STATE, REPO) == state
         announced = await stored(hosted.db_url, hosted.community_id, kinds.REPO_ANNOUNCEMENT)
         assert [e["id"] for e in announced] == [first.id]
@@ -576,14 +519,14 @@ async def test_deleting_an_announcement_frees_the_name(
         tags = [["a", address]] if by == "a" else [["e", first.id]]
         assert (await publish(hosted.port, deletion(alice, tags)))[2:] == [True, ""]
         assert await name_rows(hosted.db_url, hosted.community_id) == []
-        assert await hosted.pointer(owner) is None
+        assert await hosted.pointer(owner, REPO) is None
         assert await stored(hosted.db_url, hosted.community_id, kinds.REPO_STATE) == []
         assert await stored(hosted.db_url, hosted.community_id, kinds.REPO_ANNOUNCEMENT) == []
 
         # The name is free for another owner, who gets a fresh repo.
         assert (await publish(hosted.port, announcement(bob)))[2:] == [True, ""]
         assert await name_rows(hosted.db_url, hosted.community_id) == [(REPO, pubkey_hex(bob))]
-        bob_pointer = await hosted.pointer(pubkey_hex(bob))
+        bob_pointer = await hosted.pointer(pubkey_hex(bob), REPO)
         assert bob_pointer is not None and bob_pointer[1] == EMPTY
         states = await stored(hosted.db_url, hosted.community_id, kinds.REPO_STATE)
         assert len(states) == 1

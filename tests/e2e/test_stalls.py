@@ -16,9 +16,9 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import trio
 
-from tests.conftest import free_port, start_relay
 from tests.helpers import connect, http_get, make_event
 from tests.redis_server import RedisServer
+from tests.services import free_port, start_relay
 from tests.stall_proxy import stall_proxy
 
 EVENTS = 20

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import io
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,19 +16,25 @@ from relay.config import load_settings
 from relay.events.model import Event
 from relay.protocol.limits import Limits
 from relay.store.communities import Communities
-from relay.store.transfer import ImportReport, OutputClosed, export_events, import_events
-from tests.helpers import RelayUnderTest, connect, make_event, new_key, sql
+from relay.transfer import ImportReport, OutputClosed, export_events, import_events
+from tests.helpers import (
+    RELAY_CLI,
+    RelayUnderTest,
+    clean_environ,
+    connect,
+    make_event,
+    new_key,
+    sql,
+)
 
-RELAY = [sys.executable, "-m", "relay.cli"]
 HOSTS = "alpha.test,beta.test"
 
 
 async def run_cli(
     args: list[str], db_url: str, data_dir: Path, stdin: bytes = b"", hosts: str = HOSTS
 ) -> subprocess.CompletedProcess[bytes]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     env = {
-        **clean,
+        **clean_environ(),
         "RELAY_DATABASE_URL": db_url,
         "RELAY_DATA_DIR": str(data_dir),
         "RELAY_HOSTS": hosts,
@@ -38,7 +42,7 @@ async def run_cli(
     }
     with trio.fail_after(120):
         return await trio.run_process(
-            [*RELAY, *args],
+            [*RELAY_CLI, *args],
             stdin=stdin,
             capture_stdout=True,
             capture_stderr=True,
@@ -69,7 +73,7 @@ def counts(**nonzero: int) -> dict[str, int]:
     return {name: nonzero.get(name, 0) for name in names}
 
 
-async def stored_ids(db_url: str, host: str) -> set[str]:
+async def ids_on_host(db_url: str, host: str) -> set[str]:
     rows = await sql(
         db_url,
         "SELECT e.id FROM events e JOIN communities c ON c.id = e.community_id"
@@ -128,8 +132,8 @@ async def test_export_and_import_move_a_community(
     assert imported.returncode == 0, imported.stderr
     n = len(expected)
     assert summary(imported.stderr) == counts(read=n, stored=n)
-    assert await stored_ids(empty_database_url, "alpha.test") == {e.id for e in expected}
-    assert await stored_ids(empty_database_url, "beta.test") == set()
+    assert await ids_on_host(empty_database_url, "alpha.test") == {e.id for e in expected}
+    assert await ids_on_host(empty_database_url, "beta.test") == set()
     tombstones = await sql(empty_database_url, "SELECT event_id FROM deleted_events")
     assert [bytes(r["event_id"]).hex() for r in tombstones] == [doomed.id]
 
@@ -143,7 +147,7 @@ async def test_export_and_import_move_a_community(
     rerun = await run_cli(["import"], empty_database_url, tmp_path / "in", exported.stdout)
     assert rerun.returncode == 0, rerun.stderr
     assert summary(rerun.stderr) == counts(read=n, duplicate=n)
-    assert await stored_ids(empty_database_url, "alpha.test") == {e.id for e in expected}
+    assert await ids_on_host(empty_database_url, "alpha.test") == {e.id for e in expected}
 
     # What was deleted stays deleted: the tombstone came with the deletion.
     late = await run_cli(["import"], empty_database_url, tmp_path / "in", jsonl(doomed))
@@ -208,8 +212,8 @@ async def test_import_applies_the_rules_and_counts_every_line(
     assert "line 13: created_at is more than 900 seconds in the future" in err
     assert "line 14: event is missing" in err
     # The deletion in the file removed the note stored before it; the older profile lost.
-    assert await stored_ids(db_url, "beta.test") == {newer.id, deletion.id}
-    assert await stored_ids(db_url, "alpha.test") == set()
+    assert await ids_on_host(db_url, "beta.test") == {newer.id, deletion.id}
+    assert await ids_on_host(db_url, "alpha.test") == set()
 
 
 async def test_a_deletion_earlier_in_the_batch_beats_a_stored_duplicate(
@@ -225,7 +229,7 @@ async def test_a_deletion_earlier_in_the_batch_beats_a_stored_duplicate(
     second = await run_cli(["import"], db_url, tmp_path, data)
     # A stranger cannot delete the note: it is still a duplicate; its author's deletion wins.
     assert summary(second.stderr) == counts(read=4, stored=2, duplicate=1, deleted=1)
-    assert await stored_ids(db_url, "alpha.test") == {others_deletion.id, deletion.id}
+    assert await ids_on_host(db_url, "alpha.test") == {others_deletion.id, deletion.id}
 
 
 async def test_only_the_first_invalid_lines_are_named(db_url: str, tmp_path: Path) -> None:

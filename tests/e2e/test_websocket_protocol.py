@@ -18,16 +18,25 @@ import orjson
 import pytest
 import trio
 
-from tests.helpers import RelayUnderTest, client_frame, connect
+from tests.helpers import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    RelayUnderTest,
+    client_frame,
+    close_body,
+    connect,
+    text_frame,
+)
 
 WAIT = 5.0  # the longest any single step may take
 RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 section 1.3
 RFC_ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 LIMIT = 128 * 1024  # the relay's default max_message_bytes
-
-OP_CONT, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
-OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
 
 
 def upgrade_request(
@@ -48,14 +57,6 @@ def upgrade_request(
         lines.append(f"Sec-WebSocket-Version: {version}")
     lines += extra
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def text_frame(value: object, **kwargs: bool) -> bytes:
-    return client_frame(OP_TEXT, orjson.dumps(value), **kwargs)
-
-
-def close_body(code: int, reason: str = "") -> bytes:
-    return struct.pack("!H", code) + reason.encode()
 
 
 class RawClient:

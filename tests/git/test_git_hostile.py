@@ -23,7 +23,7 @@ from relay.git.nip98 import make_token
 from relay.keys import pubkey_hex
 from relay.protocol.bech32 import hex_to_npub
 from tests.git.gitclient import Git, announce
-from tests.git.test_git_push import (
+from tests.git.hosting import (
     HOST,
     Hosted,
     fresh_dir,

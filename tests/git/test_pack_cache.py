@@ -9,9 +9,9 @@ from pathlib import Path
 import trio
 
 from relay.git import model
-from tests.conftest import start_relay
 from tests.git.gitclient import Git, announce
 from tests.helpers import new_key
+from tests.services import start_relay
 
 
 async def test_packs_are_cached_by_the_push_and_fetched_once_by_another_pod(

@@ -22,8 +22,15 @@ import trio
 from relay.git import model
 from relay.git.objectstore import BackendError, ObjectStore, TransportError
 from tests.git.gitclient import Git
-from tests.git.test_git_push import Hosted, clone_refs, fresh_dir, hosted_relay, setup_repo
-from tests.git.test_ref_state_convergence import RECONCILE_SECONDS, converged
+from tests.git.hosting import (
+    RECONCILE_SECONDS,
+    Hosted,
+    clone_refs,
+    converged,
+    fresh_dir,
+    hosted_relay,
+    setup_repo,
+)
 from tests.helpers import new_key
 
 

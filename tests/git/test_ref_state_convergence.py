@@ -29,7 +29,8 @@ from relay.git.push import cas_or_read_back
 from relay.git.refstate import build_ref_state
 from relay.keys import pubkey_hex
 from tests.git.gitclient import Git
-from tests.git.test_git_push import (
+from tests.git.hosting import (
+    RECONCILE_SECONDS,
     Hosted,
     converged,
     hosted_relay,
@@ -39,11 +40,9 @@ from tests.git.test_git_push import (
 )
 from tests.helpers import connect, new_key
 
-RECONCILE_SECONDS = 0.3
-
 
 @asynccontextmanager
-async def pushed_repo(
+async def reconciling_relay(
     nursery: trio.Nursery, db_url: str, tmp_path: Path, repo: str
 ) -> AsyncIterator[tuple[Hosted, Git, str, str, Path, Any]]:
     """A relay that reconciles every RECONCILE_SECONDS, with `repo` pushed once (its state
@@ -79,7 +78,7 @@ async def test_a_stale_state_stored_last_is_overtaken(
     """A slower writer stored an older manifest's state last, with the newest created_at
     (two pushes' states in one second tie, and the lower id wins): the newest state says
     what the pointer no longer holds. It is overtaken, strictly later."""
-    async with pushed_repo(nursery, db_url, tmp_path, "stale") as (h, _, owner, _, _, _):
+    async with reconciling_relay(nursery, db_url, tmp_path, "stale") as (h, _, owner, _, _, _):
         stale = model.Manifest(head="refs/heads/main", refs={"refs/heads/main": "1" * 40})
         future = int(time.time()) + 30
         await store_state(h, "stale", stale, future)
@@ -93,7 +92,7 @@ async def test_the_reconciler_emits_for_a_pointer_moved_without_a_state(
 ) -> None:
     """A pod killed right after its CAS: the pointer moved, no 30618 says so. The
     reconciler (at start-up and periodically, any pod) catches up without a new push."""
-    async with pushed_repo(nursery, db_url, tmp_path, "moved") as (h, _, owner, _, _, _):
+    async with reconciling_relay(nursery, db_url, tmp_path, "moved") as (h, _, owner, _, _, _):
         key = model.pointer_key(h.community_id, owner, "moved")
         token, digest = await h.pointer(owner, "moved")  # type: ignore[misc]
         current = await h.objects.get_manifest(digest)
@@ -113,7 +112,7 @@ async def test_the_reconciler_emits_for_a_pointer_moved_without_a_state(
 async def test_a_push_is_answered_whatever_its_30618_step_does(
     nursery: trio.Nursery, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with pushed_repo(nursery, db_url, tmp_path, "answered") as pushed:
+    async with reconciling_relay(nursery, db_url, tmp_path, "answered") as pushed:
         h, git, owner, url, work, key = pushed
         assert h.relay.app is not None
         states = h.relay.app.ref_states

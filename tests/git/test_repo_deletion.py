@@ -18,7 +18,7 @@ import trio
 from relay.events import kinds
 from relay.git.objectstore import BackendError
 from tests.git.gitclient import Git
-from tests.git.test_git_push import clone_refs, fresh_dir, hosted_relay, setup_repo
+from tests.git.hosting import clone_refs, fresh_dir, hosted_relay, setup_repo
 from tests.helpers import connect, make_event, new_key
 
 

@@ -31,8 +31,8 @@ from relay.git.announce import Announcements
 from relay.git.objectstore import BackendError, GitObjects
 from relay.git.registry import RepoRegistry
 from relay.pubsub.fanout import Fanout
-from tests.conftest import relay_settings
 from tests.helpers import make_event, new_key, sql
+from tests.services import relay_settings
 
 MODES = ("cancel-before", "cancel-after", "error", "hang")
 

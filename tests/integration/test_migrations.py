@@ -17,7 +17,7 @@ from relay.store.migrations import (
     load_migrations,
     migrate,
 )
-from tests.conftest import relay_settings
+from tests.services import relay_settings
 
 
 async def test_fresh_database_gets_every_migration(empty_database_url: str, tmp_path: Path) -> None:

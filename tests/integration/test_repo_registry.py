@@ -37,8 +37,8 @@ from relay.store.migrations import (
     load_migrations,
     migrate,
 )
-from tests.conftest import relay_settings
 from tests.helpers import make_event, new_key, sql, transaction_held
+from tests.services import relay_settings
 
 RACERS = 20
 RACE_ROUNDS = 3
@@ -55,7 +55,7 @@ async def add_communities(db_url: str, *hosts: str) -> list[int]:
     return [by_host[h] for h in hosts]
 
 
-async def name_rows(db_url: str) -> list[tuple[int, str, str]]:
+async def all_name_rows(db_url: str) -> list[tuple[int, str, str]]:
     rows = await sql(
         db_url,
         "SELECT community_id, repo_id, owner_pubkey FROM git_repo_names"
@@ -85,7 +85,7 @@ async def test_reserve_outcomes_and_owner_of(db_url: str, tmp_path: Path) -> Non
         assert await registry.owner_of(cid, "myrepo") == alice
         assert await registry.count_for_owner(cid, alice) == 1
         assert await registry.count_for_owner(cid, bob) == 0
-    assert await name_rows(db_url) == [(cid, "myrepo", alice)]
+    assert await all_name_rows(db_url) == [(cid, "myrepo", alice)]
 
 
 async def test_re_reserving_does_not_count_twice_against_the_quota(
@@ -107,7 +107,7 @@ async def test_re_reserving_does_not_count_twice_against_the_quota(
         assert await registry.reserve(cid, "three", alice) == QuotaExceeded(2)
         assert await registry.owner_of(cid, "three") is None
         assert await registry.count_for_owner(cid, alice) == 2
-    assert [r[1] for r in await name_rows(db_url)] == ["one", "two"]
+    assert [r[1] for r in await all_name_rows(db_url)] == ["one", "two"]
 
 
 async def test_quota_is_per_community(db_url: str, tmp_path: Path) -> None:
@@ -139,7 +139,7 @@ async def test_release_is_owner_scoped_and_the_name_is_reclaimable(
         assert await registry.count_for_owner(cid, alice) == 0
         assert await registry.reserve(cid, "myrepo", carol) == Reserved()
         assert await registry.reserve(cid, "myrepo", alice) == TakenByOther(carol)
-    assert await name_rows(db_url) == [(cid, "myrepo", carol)]
+    assert await all_name_rows(db_url) == [(cid, "myrepo", carol)]
 
 
 async def test_the_same_name_in_two_communities_has_two_owners(
@@ -159,7 +159,7 @@ async def test_the_same_name_in_two_communities_has_two_owners(
         assert await registry.release(b, "myrepo", alice) == 0
         assert await registry.release(a, "myrepo", alice) == 1
         assert await registry.owner_of(b, "myrepo") == bob
-    assert await name_rows(db_url) == [(b, "myrepo", bob)]
+    assert await all_name_rows(db_url) == [(b, "myrepo", bob)]
 
 
 async def test_a_name_needs_an_existing_community(db_url: str, tmp_path: Path) -> None:
@@ -167,7 +167,7 @@ async def test_a_name_needs_an_existing_community(db_url: str, tmp_path: Path) -
         registry = RepoRegistry(db, quota=10)
         with pytest.raises(asyncpg.ForeignKeyViolationError):
             await registry.reserve(987_654, "myrepo", owner())
-    assert await name_rows(db_url) == []
+    assert await all_name_rows(db_url) == []
 
 
 # -- races -------------------------------------------------------------------------------------
@@ -206,7 +206,7 @@ async def test_quota_race_one_owner_many_names(db_url: str, tmp_path: Path) -> N
             assert all(r == QuotaExceeded(5) for r in results if not isinstance(r, Reserved))
             assert await registry.count_for_owner(cid, alice) == 5
             granted = sorted(c[0] for c, r in zip(calls, results, strict=True) if r == Reserved())
-            rows = [r for r in await name_rows(db_url) if r[0] == cid]
+            rows = [r for r in await all_name_rows(db_url) if r[0] == cid]
             assert sorted(r[1] for r in rows) == granted
             assert {r[2] for r in rows} == {alice}
 
@@ -224,7 +224,7 @@ async def test_name_race_many_owners_one_name(db_url: str, tmp_path: Path) -> No
             losers = [r for r in results if r != Reserved()]
             assert len(losers) == RACERS - 1
             assert all(r == TakenByOther(winner) for r in losers)
-            assert [r for r in await name_rows(db_url) if r[0] == cid] == [
+            assert [r for r in await all_name_rows(db_url) if r[0] == cid] == [
                 (cid, "myrepo", winner)
             ]
             for o in owners:

@@ -12,12 +12,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
-import os
 import re
 import socket
 import struct
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -43,11 +41,11 @@ from relay.git.objectstore import (
 )
 from relay.git.probe import Probe
 from relay.git.s3store import S3Config, S3Store
-from tests.conftest import MOTO_KEY
+from tests.helpers import RELAY_CLI, clean_environ
+from tests.services import MOTO_KEY
 
 ACCESS_KEY = "AKIDMISBEHAVE"
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
-RELAY = [sys.executable, "-m", "relay.cli"]
 MAX_REQUESTS_PER_CONNECTION = 1000
 MAX_READS_PER_REQUEST = 10_000
 ETAG = '"e1"'
@@ -702,14 +700,13 @@ async def test_key_needing_encoding_is_sent_as_signed(nursery: trio.Nursery) -> 
 
 
 def relay_env(**values: str) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    return {**clean, **values}
+    return {**clean_environ(), **values}
 
 
 async def run_relay(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
     with trio.fail_after(60):
         return await trio.run_process(
-            [*RELAY, *args], env=env, capture_stdout=True, capture_stderr=True, check=False
+            [*RELAY_CLI, *args], env=env, capture_stdout=True, capture_stderr=True, check=False
         )
 
 

@@ -143,7 +143,7 @@ def test_protected_event_nip70() -> None:
 CHALLENGE = "c0ffee" * 5
 
 
-def auth_event(
+def auth_at_now(
     *,
     key: PrivateKey = ALICE,
     kind: int = kinds.AUTH,
@@ -164,29 +164,29 @@ def check_auth(ev: Event, host: str = "localhost") -> str | None:
 
 
 def test_good_auth_event() -> None:
-    assert check_auth(auth_event()) is None
-    assert check_auth(auth_event(relay="wss://LOCALHOST./")) is None
-    assert check_auth(auth_event(relay="ws://localhost")) is None
-    assert check_auth(auth_event(relay="wss://alpha.test/some/path"), "alpha.test") is None
+    assert check_auth(auth_at_now()) is None
+    assert check_auth(auth_at_now(relay="wss://LOCALHOST./")) is None
+    assert check_auth(auth_at_now(relay="ws://localhost")) is None
+    assert check_auth(auth_at_now(relay="wss://alpha.test/some/path"), "alpha.test") is None
     window = LIMITS.auth_window_seconds
-    assert check_auth(auth_event(created_at=NOW - window)) is None
-    assert check_auth(auth_event(created_at=NOW + window)) is None
+    assert check_auth(auth_at_now(created_at=NOW - window)) is None
+    assert check_auth(auth_at_now(created_at=NOW + window)) is None
 
 
 def test_auth_wrong_kind() -> None:
-    assert check_auth(auth_event(kind=1)) == "invalid: AUTH event must be kind 22242"
+    assert check_auth(auth_at_now(kind=1)) == "invalid: AUTH event must be kind 22242"
 
 
 @pytest.mark.parametrize("offset", [-601, 601, -100_000])
 def test_auth_stale_or_future_created_at(offset: int) -> None:
-    assert check_auth(auth_event(created_at=NOW + offset)) == (
+    assert check_auth(auth_at_now(created_at=NOW + offset)) == (
         "invalid: AUTH event created_at must be within 600 s"
     )
 
 
 @pytest.mark.parametrize("challenge", ["wrong", "", None, CHALLENGE.upper()])
 def test_auth_wrong_challenge(challenge: str | None) -> None:
-    assert check_auth(auth_event(challenge=challenge)) == "invalid: AUTH challenge does not match"
+    assert check_auth(auth_at_now(challenge=challenge)) == "invalid: AUTH challenge does not match"
 
 
 @pytest.mark.parametrize(
@@ -202,14 +202,14 @@ def test_auth_wrong_challenge(challenge: str | None) -> None:
     ],
 )
 def test_auth_relay_tag_for_another_host(relay: str | None) -> None:
-    assert check_auth(auth_event(relay=relay)) == (
+    assert check_auth(auth_at_now(relay=relay)) == (
         "invalid: AUTH relay tag does not name this relay"
     )
 
 
 def test_auth_event_with_a_bad_signature() -> None:
-    good = auth_event()
-    other = auth_event(key=BOB)
+    good = auth_at_now()
+    other = auth_at_now(key=BOB)
     forged = parse_event({**good.to_dict(), "sig": other.sig})
     assert check_auth(forged) == "invalid: signature does not verify"
     impostor = parse_event({**good.to_dict(), "pubkey": BOB_PK})

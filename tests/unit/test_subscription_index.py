@@ -11,7 +11,7 @@ from relay.events.model import Event
 from relay.protocol.filters import matches_any, parse_filters
 from relay.protocol.limits import Limits
 from relay.pubsub.index import CATCH_ALL, SubscriptionIndex, filter_keys
-from tests.integration.test_query_property import Spec, filter_dict, spec
+from tests.query_spec import Spec, filter_dict, spec
 
 LIMITS = Limits()
 HOLDERS = ("conn-a", "conn-b", "conn-c")
