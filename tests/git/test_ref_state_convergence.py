@@ -18,7 +18,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 import trio
 
@@ -28,6 +27,7 @@ from relay.git.objectstore import GitObjects, TransportError, Won
 from relay.git.push import cas_or_read_back
 from relay.git.refstate import build_ref_state
 from relay.keys import pubkey_hex
+from relay.store.db import DatabaseError
 from tests.git.gitclient import Git
 from tests.git.hosting import (
     RECONCILE_SECONDS,
@@ -120,7 +120,7 @@ async def test_a_push_is_answered_whatever_its_30618_step_does(
 
         async def lost(*args: Any) -> bool:  # Postgres lost right after the CAS (injected)
             calls.append("converge")
-            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection lost")
+            raise DatabaseError("connection lost")
 
         with monkeypatch.context() as patch:
             patch.setattr(states, "converge", lost)

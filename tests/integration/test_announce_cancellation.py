@@ -18,7 +18,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 import trio
 import trio.testing
@@ -31,6 +30,7 @@ from relay.git.announce import Announcements
 from relay.git.objectstore import BackendError, GitObjects
 from relay.git.registry import RepoRegistry
 from relay.pubsub.fanout import Fanout
+from relay.store.db import DatabaseError
 from tests.helpers import make_event, new_key, sql
 from tests.services import relay_settings
 
@@ -163,7 +163,7 @@ async def test_fault_at_every_await_point_leaves_all_or_nothing(
                 try:
                     handled = await run_side_effect(handler, cid, event, event.to_json())
                     outcomes.append(handled.verdict.accepted)
-                except (BackendError, asyncpg.PostgresError):
+                except (BackendError, DatabaseError):
                     outcomes.append("raised")
             state = await end_state(relay, cid, event.pubkey, repo)
             whole = assert_consistent(state, event.pubkey)

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import asyncpg
 import pytest
 import trio
 
@@ -28,7 +27,7 @@ from relay.git.registry import (
     TakenByOther,
 )
 from relay.keys import pubkey_hex
-from relay.store.db import Database
+from relay.store.db import Database, DatabaseError
 from relay.store.events import EventStore, Saved
 from relay.store.migrations import (
     Migration,
@@ -165,8 +164,9 @@ async def test_the_same_name_in_two_communities_has_two_owners(
 async def test_a_name_needs_an_existing_community(db_url: str, tmp_path: Path) -> None:
     async with database(db_url, tmp_path) as db:
         registry = RepoRegistry(db, quota=10)
-        with pytest.raises(asyncpg.ForeignKeyViolationError):
+        with pytest.raises(DatabaseError) as refused:
             await registry.reserve(987_654, "myrepo", owner())
+        assert refused.value.sqlstate == "23503"  # foreign_key_violation
     assert await all_name_rows(db_url) == []
 
 
