@@ -4,6 +4,8 @@ One error type for the whole boundary: every refusal is an HttpError carrying th
 to answer with (as h11's `error_status_hint` does), so a route raises and the listener or
 the route's own handler answers. The bytes read while parsing the head are kept, so a
 websocket upgrade can hand them to the stream under trio-websocket (`server/wsstream`).
+Every response head is made by `response_head`, which adds the CORS headers: any answer on
+the port, an error included, can be read by a web page of any origin.
 Imported by both the websocket server and the git routes; it imports nothing of the relay.
 """
 
@@ -25,6 +27,20 @@ HEAD_TIMEOUT_SECONDS = 10.0
 RECEIVE_CHUNK = 16 * 1024
 
 BodySink = Callable[[bytes], Awaitable[None]]
+
+# On every response (not the websocket's 101, which trio-websocket writes): browser Nostr and
+# git clients on any origin may read each answer, its error statuses, and the headers that
+# tell them to authenticate or retry. A preflight (OPTIONS) is answered 204 by the listener.
+CORS_HEADERS = (
+    ("Access-Control-Allow-Origin", "*"),
+    ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+    (
+        "Access-Control-Allow-Headers",
+        "Authorization, Content-Type, Git-Protocol, Accept, Content-Encoding, X-Requested-With",
+    ),
+    ("Access-Control-Expose-Headers", "WWW-Authenticate, Retry-After"),
+)
+PREFLIGHT_MAX_AGE_SECONDS = 86400
 
 
 class HttpError(Exception):
@@ -137,11 +153,12 @@ async def read_request(stream: trio.abc.Stream) -> Request | None:
 
 
 def response_head(status: int, headers: list[tuple[str, str]]) -> bytes:
+    """The status line and `headers`, then the CORS headers, which every response has."""
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = "Unknown"
-    lines = [f"HTTP/1.1 {status} {phrase}", *(f"{k}: {v}" for k, v in headers)]
+    lines = [f"HTTP/1.1 {status} {phrase}", *(f"{k}: {v}" for k, v in (*headers, *CORS_HEADERS))]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
@@ -153,12 +170,10 @@ async def respond(
     extra_headers: list[tuple[str, str]] | None = None,
 ) -> None:
     """Send a complete response; the connection is closed after it (one request each)."""
-    headers = [
-        ("Content-Type", content_type),
-        ("Content-Length", str(len(body))),
-        ("Connection", "close"),
-        *(extra_headers or []),
-    ]
+    framing = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+    if status == 204:  # a preflight's answer: no body, and nothing said of one (RFC 9110 8.6)
+        framing = []
+    headers = [*framing, ("Connection", "close"), *(extra_headers or [])]
     await stream.send_all(response_head(status, headers) + body)
 
 

@@ -1,8 +1,9 @@
-"""The relay's one TCP listener: a websocket upgrade, NIP-11, health, or 404.
+"""The relay's one TCP listener: a websocket upgrade, NIP-11, health, git, or 404.
 
 The community is resolved from the Host header before anything else; an unknown host gets
 404 and no upgrade. The operator endpoints (/healthz, /readyz) answer on any host, since
-orchestrators probe pods by address.
+orchestrators probe pods by address. OPTIONS on any path of a known host, git's included,
+is a CORS preflight: 204 (every response carries the CORS headers, see `relay.http`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ import trio
 import trio_websocket
 
 from relay.git.routes import is_git_path
-from relay.http import HttpError, Request, read_request, refuse, respond
+from relay.http import (
+    PREFLIGHT_MAX_AGE_SECONDS,
+    HttpError,
+    Request,
+    read_request,
+    refuse,
+    respond,
+)
 from relay.metrics import CONTENT_TYPE as METRICS_TYPE
 from relay.protocol.hosts import normalize_host
 from relay.server.nip11 import information_document
@@ -34,11 +42,7 @@ NIP11_TYPE = "application/nostr+json"
 # (TCP then holds the client back); at most this many times RELAY_MAX_MESSAGE_BYTES.
 QUEUED_MESSAGES = 16
 HANDSHAKE_SECONDS = 10.0
-CORS_HEADERS = [
-    ("Access-Control-Allow-Origin", "*"),
-    ("Access-Control-Allow-Headers", "*"),
-    ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
-]
+PREFLIGHT_HEADERS = [("Access-Control-Max-Age", str(PREFLIGHT_MAX_AGE_SECONDS))]
 
 
 async def handle_stream(relay: Relay, stream: trio.SocketStream) -> None:
@@ -86,6 +90,9 @@ async def route(relay: Relay, stream: trio.SocketStream, request: Request) -> No
     if host is None or community_id is None:
         await respond(stream, 404, b"unknown host\n")
         return
+    if request.method == "OPTIONS":
+        await respond(stream, 204, b"", extra_headers=PREFLIGHT_HEADERS)
+        return
     if is_git_path(request.path):
         await relay.git.handle(stream, request, community_id, host)
         return
@@ -100,12 +107,10 @@ async def route(relay: Relay, stream: trio.SocketStream, request: Request) -> No
             await respond(stream, 429, b"rate-limited: too many new connections\n")
             return
         await serve_websocket(relay, stream, request, community_id, host)
-    elif request.method == "OPTIONS":
-        await respond(stream, 204, b"", extra_headers=CORS_HEADERS)
     elif request.method in ("GET", "HEAD") and NIP11_TYPE in request.header("accept"):
         doc = information_document(relay.settings, relay.pubkey)
         doc.update(relay.settings.rate.nip11())
-        await respond(stream, 200, orjson.dumps(doc), NIP11_TYPE, CORS_HEADERS)
+        await respond(stream, 200, orjson.dumps(doc), NIP11_TYPE)
     else:
         await respond(
             stream,
