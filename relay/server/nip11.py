@@ -10,7 +10,15 @@ from relay.config import Settings
 # NIP-01 basic protocol, 09 deletion, 11 this document, 34 git repositories (hosted: clone
 # and push over smart HTTP), 40 expiration, 42 AUTH, 45 COUNT, 70 protected events.
 SUPPORTED_NIPS = (1, 9, 11, 34, 40, 42, 45, 70)
-SOFTWARE = "relay"
+# GRASP-01: git repositories hosted for the kind 30617 announcements that list this relay.
+SUPPORTED_GRASPS = ("GRASP-01",)
+REPO_ACCEPTANCE_CRITERIA = (
+    "A git repository is provisioned for a kind 30617 announcement whose clone tag lists "
+    "this relay's git URL for it, https://<host>/<npub>/<repo>.git; other announcements are "
+    "stored as plain events and host nothing."
+)
+# NIP-11 `software`: the URL of the project's repository (pyproject.toml names none).
+SOFTWARE_URL = "https://github.com/relay-project/relay"
 
 
 def information_document(settings: Settings, relay_pubkey: str) -> dict[str, Any]:
@@ -20,7 +28,9 @@ def information_document(settings: Settings, relay_pubkey: str) -> dict[str, Any
         "pubkey": settings.admin_pubkey or relay_pubkey,
         "self": relay_pubkey,
         "supported_nips": list(SUPPORTED_NIPS),
-        "software": SOFTWARE,
+        "supported_grasps": list(SUPPORTED_GRASPS),
+        "repo_acceptance_criteria": REPO_ACCEPTANCE_CRITERIA,
+        "software": SOFTWARE_URL,
         "version": __version__,
         "limitation": settings.limits.nip11(),
     }

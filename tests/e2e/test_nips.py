@@ -7,7 +7,7 @@ import time
 import orjson
 import trio
 
-from relay.server.nip11 import SUPPORTED_NIPS
+from relay.server.nip11 import SOFTWARE_URL, SUPPORTED_NIPS
 from tests.helpers import (
     RelayUnderTest,
     auth_event,
@@ -27,8 +27,12 @@ async def test_nip11_document_with_cors(relay: RelayUnderTest) -> None:
     assert headers["access-control-allow-origin"] == "*"
     doc = orjson.loads(body)
     assert doc["supported_nips"] == list(SUPPORTED_NIPS)
+    assert doc["supported_grasps"] == ["GRASP-01"]
+    criteria = doc["repo_acceptance_criteria"]
+    assert "30617" in criteria and "clone" in criteria and "/<npub>/<repo>.git" in criteria
+    assert doc["software"] == SOFTWARE_URL and SOFTWARE_URL.startswith("https://")
     assert len(doc["self"]) == 64
-    for key in ("name", "description", "pubkey", "software", "version"):
+    for key in ("name", "description", "pubkey", "version"):
         assert doc[key]
     assert doc["limitation"]["max_message_length"] == 128 * 1024
     assert doc["limitation"]["max_limit"] == 500
