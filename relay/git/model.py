@@ -24,7 +24,7 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _OWNER = re.compile(r"^[0-9a-f]{64}$")
 _DIGEST = _OWNER
 _OID = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
-_REFNAME_CHARS = re.compile(r"^[A-Za-z0-9_./+@-]+$")
+_REFNAME_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 _PACK_KEY = re.compile(r"^packs/[0-9a-f]{64}$")
 
 
@@ -59,16 +59,16 @@ def validate_owner(owner: str) -> str:
 
 
 def is_safe_refname(name: str) -> bool:
-    """A refname under refs/ that git accepts and no path trick can abuse."""
-    return (
-        name.startswith("refs/")
-        and len(name.encode()) <= MAX_REFNAME_BYTES
-        and ".." not in name
-        and "//" not in name
-        and not name.endswith(("/", ".", ".lock"))
-        and "/." not in name
-        and ".lock/" not in name
-        and bool(_REFNAME_CHARS.fullmatch(name))
+    """A refname under refs/ by git's own rules (`git check-ref-format`), at most
+    MAX_REFNAME_BYTES: no component starting with '.' or ending with '.lock', no '..',
+    no '@{', no control characters, space, '~', '^', ':', '?', '*', '[' or backslash,
+    no empty component, not ending with '.'. Any other UTF-8 is a refname git accepts."""
+    if not name.startswith("refs/") or len(name.encode()) > MAX_REFNAME_BYTES:
+        return False
+    if _REFNAME_FORBIDDEN.search(name) or ".." in name or "@{" in name or name.endswith("."):
+        return False
+    return all(
+        part and not part.startswith(".") and not part.endswith(".lock") for part in name.split("/")
     )
 
 
