@@ -69,6 +69,7 @@ from relay.events import kinds
 from relay.events.model import sign_event
 from relay.git.nip98 import make_token
 from relay.git.workspace import SERVE_OPTIONS
+from relay.keys import pubkey_hex
 
 DEFAULT_COMMITS = 10_000
 DEFAULT_FILES = 1000
@@ -306,9 +307,10 @@ def relay_process(database_url: str, work: Path) -> Iterator[RelayProcess]:
 
 
 async def _announce(port: int, key: PrivateKey, repo: str) -> None:
-    event = sign_event(
-        key, kind=kinds.REPO_ANNOUNCEMENT, tags=[["d", repo]], created_at=int(time.time())
-    )
+    # Its clone tag lists the relay's URL of the repository, so the relay hosts it (GRASP-01).
+    clone = f"http://127.0.0.1:{port}/git/{pubkey_hex(key)}/{repo}.git"
+    tags = [["d", repo], ["clone", clone]]
+    event = sign_event(key, kind=kinds.REPO_ANNOUNCEMENT, tags=tags, created_at=int(time.time()))
     with trio.fail_after(ANNOUNCE_TIMEOUT):
         async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/") as ws:
             await ws.send_message(orjson.dumps(["EVENT", event.to_dict()]).decode())

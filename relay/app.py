@@ -20,16 +20,18 @@ from relay.config import ConfigError, Settings
 from relay.events import kinds
 from relay.events.ingest import Ingest
 from relay.git.announce import Announcements
+from relay.git.maintainers import Repos
 from relay.git.objectstore import GitObjects, ObjectStore
 from relay.git.packcache import PackCache
 from relay.git.probe import ProbeFailed
+from relay.git.purgatory import SWEEP_SECONDS, GraspEvents, Purgatory, sweep_forever
 from relay.git.refstate import check_ref_state
 from relay.git.refsync import RefStates, reconcile_forever
 from relay.git.registry import RepoRegistry
 from relay.git.smart_http import GitService
 from relay.git.stores import describe, open_object_store, probe_store
 from relay.git.workspace import GitLimits
-from relay.keys import load_or_create_key
+from relay.keys import load_or_create_key, pubkey_hex
 from relay.metrics import Metrics, TimedObjectStore
 from relay.pubsub.fanout import Fanout
 from relay.pubsub.redis_bridge import RedisBridge
@@ -117,7 +119,12 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
         objects = GitObjects(object_store)
         ingest = Ingest(store, fanout, limits, timeout=settings.ingest_timeout_seconds)
         registry = RepoRegistry(db, settings.git_max_repos_per_pubkey)
-        wire_git(settings, store, ingest, objects, key, registry)
+        repos = Repos(store, registry)
+        grasp_events = GraspEvents(
+            store, repos, objects, Purgatory(db, settings.git_purgatory_seconds),
+            fanout.publish, pubkey_hex(key),
+        )  # fmt: skip
+        wire_git(settings, store, ingest, objects, key, registry, communities, grasp_events)
         ref_states = RefStates(store, objects, key, fanout.publish)
         bridge = None
         if settings.redis_url:
@@ -129,8 +136,8 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
         scratch = Path(settings.git_scratch_dir or tempfile.gettempdir())
         cache_bytes = settings.git_pack_cache_bytes
         git = GitService(
-            store=store,
-            registry=registry,
+            repos=repos,
+            grasp=grasp_events,
             objects=objects,
             ref_states=ref_states,
             key=key,
@@ -178,18 +185,25 @@ def wire_git(
     objects: GitObjects,
     key: PrivateKey,
     registry: RepoRegistry,
+    communities: Communities,
+    grasp_events: GraspEvents,
 ) -> Announcements:
-    """NIP-34: announcements reserve names and pointers; ref states are validated."""
+    """NIP-34: announcements that ask us reserve names and pointers; maintainers' ref
+    states and pull requests wait in purgatory for their git data; ref states are checked."""
     announcements = Announcements(
         store,
         registry,
         objects,
         key,
+        hosts_of=communities.hosts_of,
+        provision=settings.git_provision,
         compensation_seconds=settings.compensation_timeout_seconds,
     )
     ingest.side_effects[kinds.REPO_ANNOUNCEMENT] = announcements
     ingest.validators[kinds.REPO_ANNOUNCEMENT] = announcements.check
     ingest.validators[kinds.REPO_STATE] = check_ref_state
+    for kind in (kinds.REPO_STATE, kinds.PULL_REQUEST, kinds.PULL_REQUEST_UPDATE):
+        ingest.side_effects[kind] = grasp_events
     store.on_removal(announcements.removed_in_transaction)
     ingest.after_removal.append(announcements.removed_after_commit)
     return announcements
@@ -239,6 +253,9 @@ async def serve(
         background.start_soon(relay.ingest.verifier.run)
         background.start_soon(purge_expired_forever, relay)
         background.start_soon(relay.prober.run)
+        background.start_soon(
+            sweep_forever, relay.git.grasp, min(SWEEP_SECONDS, settings.git_purgatory_seconds)
+        )
         if settings.git_reconcile_seconds > 0:
             background.start_soon(
                 reconcile_forever, relay.ref_states, relay.registry,

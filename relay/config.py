@@ -242,6 +242,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RELAY_GIT_RECONCILE_SECONDS", "git_reconcile_seconds", "300",
             "how often every hosted repo's relay-signed 30618 is checked against its pointer"
             " (and at start-up); 0 turns it off", _float_in(0, 86400)),
+    Setting("RELAY_GIT_PROVISION", "git_provision", "listed",
+            "which kind 30617 announcements get a hosted repository: listed (its clone tag"
+            " lists this relay's git URL for it, as GRASP-01 asks) or any valid one",
+            _choice("listed", "any")),
+    Setting("RELAY_GIT_PURGATORY_SECONDS", "git_purgatory_seconds", "1800",
+            "how long a maintainer's 30618 or a PR event waits for its git data before it is"
+            " dropped", _float_in(1, 7 * 86400)),
     Setting("RELAY_GIT_PUBLIC_READ", "git_public_read", "true",
             "anyone may clone and fetch; false requires NIP-98 for reads too", _bool),
     Setting("RELAY_GIT_MAX_PACK_BYTES", "git_max_pack_bytes", "268435456",
@@ -325,6 +332,8 @@ class Settings:
     git_probe_deadline_seconds: float
     git_max_repos_per_pubkey: int
     git_public_read: bool
+    git_provision: str
+    git_purgatory_seconds: float
     git_reconcile_seconds: float
     git_max_pack_bytes: int
     git_max_repo_bytes: int

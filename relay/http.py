@@ -168,13 +168,16 @@ async def respond(
     body: bytes,
     content_type: str = "text/plain; charset=utf-8",
     extra_headers: list[tuple[str, str]] | None = None,
+    *,
+    send_body: bool = True,
 ) -> None:
-    """Send a complete response; the connection is closed after it (one request each)."""
+    """Send a complete response; the connection is closed after it (one request each).
+    Without `send_body` (an answer to HEAD) the head says the length the body would have."""
     framing = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
     if status == 204:  # a preflight's answer: no body, and nothing said of one (RFC 9110 8.6)
         framing = []
     headers = [*framing, ("Connection", "close"), *(extra_headers or [])]
-    await stream.send_all(response_head(status, headers) + body)
+    await stream.send_all(response_head(status, headers) + (body if send_body else b""))
 
 
 GUNZIP_CHUNK = 256 * 1024

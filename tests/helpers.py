@@ -25,7 +25,10 @@ from coincurve import PrivateKey
 
 from relay.app import Relay
 from relay.config import Settings
+from relay.events import kinds
 from relay.events.model import Event, sign_event
+from relay.keys import pubkey_hex
+from relay.protocol.bech32 import hex_to_npub
 
 RECEIVE_TIMEOUT = 10.0
 _counter = itertools.count()
@@ -62,6 +65,30 @@ def make_event(
         content=f"note {next(_counter)}" if content is None else content,
         tags=tags,
         created_at=int(time.time()) if created_at is None else created_at,
+    )
+
+
+def clone_url(key: PrivateKey | str, repo: str, host: str = "127.0.0.1") -> str:
+    """This relay's git URL of a repository (the npub form), as a `clone` tag lists it."""
+    pubkey = key if isinstance(key, str) else pubkey_hex(key)
+    return f"http://{host}/{hex_to_npub(pubkey)}/{repo}.git"
+
+
+def announcement(
+    key: PrivateKey,
+    repo: str,
+    host: str = "127.0.0.1",
+    extra_tags: list[list[str]] | None = None,
+    created_at: int | None = None,
+) -> Event:
+    """A kind 30617 that asks the relay at `host` to host `repo`: its `clone` tag lists the
+    relay's URL of it (GRASP-01)."""
+    return make_event(
+        key,
+        kind=kinds.REPO_ANNOUNCEMENT,
+        content="",
+        tags=[["d", repo], ["clone", clone_url(key, repo, host)], *(extra_tags or [])],
+        created_at=created_at,
     )
 
 

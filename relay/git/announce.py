@@ -1,17 +1,23 @@
 """Kind 30617 repo announcements: reserve the name, establish the pointer, store the event.
 
-The event and its side effects succeed or fail together. A fresh claim (`Reserved`) seeds
-the shared empty manifest strictly and publishes the initial relay-signed 30618; a
-re-announcement by the owner (`AlreadyOwned`) leaves an existing pointer untouched and
-publishes nothing. Only the attempt that reserved a name may release it, and it does so
-whenever it does not end with the announcement stored.
+Only an announcement that asks us to host it provisions anything: its `clone` tag lists
+this relay's git URL of the repository (`grasp.lists_this_relay`), or the operator set
+RELAY_GIT_PROVISION=any. Any other valid announcement is a plain NIP-34 event (a repository
+hosted elsewhere), and so is one by a member of the holder's maintainer set (a
+co-maintainer announcing the same repository): stored, reserving nothing.
+
+For one that provisions, the event and its side effects succeed or fail together. A fresh
+claim (`Reserved`) seeds the shared empty manifest strictly and publishes the initial
+relay-signed 30618; a re-announcement by the owner (`AlreadyOwned`) leaves an existing
+pointer untouched and publishes nothing. Only the attempt that reserved a name may release
+it, and it does so whenever it does not end with the announcement stored.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 from coincurve import PrivateKey
@@ -20,7 +26,8 @@ from relay.events import kinds
 from relay.events.ingest import ANSWERS
 from relay.events.model import Event
 from relay.events.side_effects import Compensation, Handled, Verdict
-from relay.git import model
+from relay.git import grasp, model
+from relay.git.maintainers import Repos
 from relay.git.objectstore import GitObjects, StoreError, Won
 from relay.git.refstate import build_ref_state, next_created_at
 from relay.git.registry import (
@@ -39,6 +46,10 @@ from relay.store.events import Coordinate, EventStore, Saved
 log = logging.getLogger(__name__)
 
 SEED_FAILED = Verdict(False, "error: the repository storage could not be prepared, try again")
+PROVISION_LISTED = "listed"
+PROVISION_ANY = "any"
+PROVISION_MODES = (PROVISION_LISTED, PROVISION_ANY)
+HostsOf = Callable[[int], Awaitable[frozenset[str]]]
 
 
 class SeedError(Exception):
@@ -106,11 +117,16 @@ class Announcements:
         objects: GitObjects,
         relay_key: PrivateKey,
         *,
+        hosts_of: HostsOf,
+        provision: str = PROVISION_LISTED,
         compensation_seconds: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.registry = registry
+        self.repos = Repos(store, registry)
+        self.hosts_of = hosts_of
+        self.provision = provision
         self.objects = objects
         self.relay_key = relay_key
         self.relay_pubkey = pubkey_hex(relay_key)
@@ -127,6 +143,26 @@ class Announcements:
 
     async def __call__(self, community_id: int, event: Event, raw: str) -> Handled:
         repo_id = announced_repo_id(event)
+        if not await self._asks_us(community_id, event, repo_id):
+            return await self._store_plain(community_id, event, raw)
+        return await self._provision(community_id, event, raw, repo_id)
+
+    async def _asks_us(self, community_id: int, event: Event, repo_id: str) -> bool:
+        if self.provision == PROVISION_ANY:
+            return True
+        return grasp.lists_this_relay(event, await self.hosts_of(community_id), repo_id)
+
+    async def _store_plain(self, community_id: int, event: Event, raw: str) -> Handled:
+        result = await self.store.save(community_id, event, raw)
+        stored = result.outcome is Saved.STORED
+        return Handled(ANSWERS[result.outcome], ((event, raw),) if stored else ())
+
+    async def _co_maintains(self, community_id: int, repo_id: str, pubkey: str) -> bool:
+        """Whether `pubkey` is in the maintainer set of the repository held under `repo_id`."""
+        repo = await self.repos.hosted(community_id, repo_id)
+        return repo is not None and pubkey in repo.maintainers
+
+    async def _provision(self, community_id: int, event: Event, raw: str, repo_id: str) -> Handled:
         owner = event.pubkey
         attempt = new_attempt()
         key = model.pointer_key(community_id, owner, repo_id)
@@ -144,6 +180,8 @@ class Announcements:
             undo.push("release repo name", undo_claim)
             reservation = await self.registry.reserve(community_id, repo_id, owner, attempt)
             if isinstance(reservation, TakenByOther):
+                if await self._co_maintains(community_id, repo_id, owner):
+                    return await self._store_plain(community_id, event, raw)
                 return Handled(Verdict(False, f"blocked: repo name {repo_id} is taken"))
             if isinstance(reservation, QuotaExceeded):
                 return Handled(
@@ -202,11 +240,14 @@ class Announcements:
     async def removed_in_transaction(
         self, conn: Connection, community_id: int, removed: tuple[Coordinate, ...]
     ) -> None:
-        """Release the name and delete the relay's 30618, atomically with the deletion."""
+        """Release the name and delete the relay's 30618, atomically with the deletion. Only
+        the owner's announcement holds the name: a co-maintainer's, or one of a repository
+        hosted elsewhere, releases nothing and leaves the repository's state alone."""
         for coordinate in removed:
             if coordinate.kind != kinds.REPO_ANNOUNCEMENT:
                 continue
-            await release_in(conn, community_id, coordinate.d, coordinate.pubkey)
+            if not await release_in(conn, community_id, coordinate.d, coordinate.pubkey):
+                continue
             await conn.execute(
                 "DELETE FROM events WHERE community_id = $1 AND pubkey = $2 AND kind = $3"
                 " AND coordinate_d = $4",

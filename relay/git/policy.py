@@ -1,18 +1,25 @@
-"""Push authorization, pure: who may push, and which ref protections the announcement asks for.
+"""Push authorization, pure: who may push what, and which ref protections apply.
 
-Fail-closed: the pusher must be the announcer or listed in its `maintainers` tag; every
-updated ref must be a safe refname; `["protect", "<pattern>", "no-force-push" |
-"no-delete", ...]` tags forbid force pushes or deletions of matching refs. Patterns are
-refnames where a `*` segment matches one segment and a trailing `**` segment one or more.
-One denial rejects the whole push.
+Fail-closed, one denial rejects the whole push, and every updated ref must be a refname
+git accepts. Then, by how the push is authorized:
+- **NIP-98** (stock git with a token): the pusher must be in the repository's maintainer
+  set (the owner, and the recursive `maintainers` of NIP-34).
+- **Signed state** (GRASP-01, no HTTP auth, as ngit and gitworkshop.dev push): only
+  branches and tags, and afterwards the repository's branches and tags must be exactly
+  those of the newest kind 30618 signed by a maintainer.
+Either way `refs/nostr/<event id>` (a pull request's tip) may be pushed by anyone, unless
+a pull-request event with that id names another tip; only a maintainer deletes one. The
+owner's `["protect", "<pattern>", "no-force-push" | "no-delete", ...]` tags forbid force
+pushes or deletions of matching refs, in both modes. Patterns are refnames where a `*`
+segment matches one segment and a trailing `**` segment one or more.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from relay.events.model import Event, is_hex
-from relay.git import model
+from relay.events.model import Event
+from relay.git import grasp, model
 
 ZERO_OIDS = frozenset({"0" * 40, "0" * 64})
 RULES = frozenset({"no-force-push", "no-delete"})
@@ -46,13 +53,31 @@ class Denial:
     reason: str
 
 
-def maintainers(announcement: Event) -> frozenset[str]:
-    """The announcer and every valid pubkey in its `maintainers` tags."""
-    keys = {announcement.pubkey}
-    for tag in announcement.tags:
-        if tag and tag[0] == "maintainers":
-            keys.update(v for v in tag[1:] if is_hex(v, 64))
-    return frozenset(keys)
+NOT_A_MAINTAINER = "not a maintainer of this repository"
+UNSIGNED_REFS = (
+    "without NIP-98 authorization only refs/heads/*, refs/tags/* and "
+    "refs/nostr/<event id> may be pushed"
+)
+NO_STATE = (
+    "no maintainer-signed state (kind 30618) for this repository: publish one naming "
+    "these refs, then push"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PushRules:
+    """What a push is judged by, gathered before git runs."""
+
+    pusher: str | None  # the NIP-98 key; None for a push authorized by signed state
+    announcement: Event  # the owner's: its `protect` tags
+    maintainers: frozenset[str]  # the recursive set, owner included
+    refs: dict[str, str] = field(default_factory=dict)  # the repository's, before the push
+    state: grasp.StateClaim | None = None  # the newest maintainer-signed 30618
+    pr_tips: dict[str, str] = field(default_factory=dict)  # PR event id -> its `c` tip
+
+    @property
+    def by_maintainer(self) -> bool:
+        return self.pusher is not None and self.pusher in self.maintainers
 
 
 def protections(announcement: Event) -> list[tuple[str, frozenset[str]]]:
@@ -74,22 +99,82 @@ def pattern_matches(pattern: str, ref: str) -> bool:
     return len(have) == len(want)
 
 
-def evaluate(pusher: str, announcement: Event, updates: list[RefUpdate]) -> list[Denial]:
-    if pusher not in maintainers(announcement):
-        return [Denial(u.ref, "not a maintainer of this repository") for u in updates] or [
-            Denial("", "not a maintainer of this repository")
-        ]
-    denials = []
-    rules = protections(announcement)
+def evaluate(rules: PushRules, updates: list[RefUpdate]) -> list[Denial]:
+    if rules.pusher is not None and not rules.by_maintainer and not updates:
+        return [Denial("", NOT_A_MAINTAINER)]
+    denials: list[Denial] = []
+    signed_state: list[RefUpdate] = []  # branch and tag updates a state event must match
     for update in updates:
-        if not model.is_safe_refname(update.ref):
-            denials.append(Denial(update.ref, "unsafe refname"))
+        reason = _refusal(rules, update)
+        if reason is not None:
+            denials.append(Denial(update.ref, reason))
             continue
-        for pattern, flags in rules:
-            if not pattern_matches(pattern, update.ref):
-                continue
-            if "no-force-push" in flags and update.is_force:
-                denials.append(Denial(update.ref, f"force push to {pattern} is not allowed"))
-            if "no-delete" in flags and update.is_delete:
-                denials.append(Denial(update.ref, f"deleting {pattern} is not allowed"))
+        if rules.pusher is None and grasp.is_published(update.ref):
+            signed_state.append(update)
+        if grasp.pr_event_id(update.ref) is None:
+            denials += _protected(rules.announcement, update)
+    if signed_state:
+        denials += _against_state(rules, updates, signed_state)
+    return denials
+
+
+def _refusal(rules: PushRules, update: RefUpdate) -> str | None:
+    """Why one update is refused on its own, or None."""
+    if not model.is_safe_refname(update.ref):
+        return "unsafe refname"
+    if update.ref.startswith(grasp.PR_PREFIX):
+        event_id = grasp.pr_event_id(update.ref)
+        if event_id is None:
+            return "refs/nostr/ takes a pull request's 64-hex event id"
+        if update.is_delete:
+            return None if rules.by_maintainer else "only a maintainer deletes a pull request ref"
+        tip = rules.pr_tips.get(event_id)
+        if tip is not None and tip != update.new:
+            return f"pull request event {event_id[:12]} names another tip ({tip[:12]})"
+        return None
+    if rules.pusher is not None:
+        return None if rules.by_maintainer else NOT_A_MAINTAINER
+    return None if grasp.is_published(update.ref) else UNSIGNED_REFS
+
+
+def _protected(announcement: Event, update: RefUpdate) -> list[Denial]:
+    denials = []
+    for pattern, flags in protections(announcement):
+        if not pattern_matches(pattern, update.ref):
+            continue
+        if "no-force-push" in flags and update.is_force:
+            denials.append(Denial(update.ref, f"force push to {pattern} is not allowed"))
+        if "no-delete" in flags and update.is_delete:
+            denials.append(Denial(update.ref, f"deleting {pattern} is not allowed"))
+    return denials
+
+
+def _against_state(
+    rules: PushRules, updates: list[RefUpdate], signed: list[RefUpdate]
+) -> list[Denial]:
+    """A push without NIP-98 must leave branches and tags exactly as the newest
+    maintainer-signed state says; each mismatching update is named with what it says."""
+    state = rules.state
+    if state is None:
+        return [Denial(u.ref, NO_STATE) for u in signed]
+    after = dict(rules.refs)
+    for update in updates:
+        if update.is_delete:
+            after.pop(update.ref, None)
+        else:
+            after[update.ref] = update.new
+    if state.matches(after):
+        return []
+    said = f"the newest maintainer-signed state (kind 30618 {state.event_id[:12]})"
+    denials = []
+    for update in signed:
+        want = state.refs.get(update.ref)
+        have = None if update.is_delete else update.new
+        if want != have:
+            denials.append(Denial(update.ref, f"{said} says {want or 'no such ref'}"))
+    if not denials:
+        differ = sorted(set(grasp.published(after).items()) ^ set(state.refs.items()))
+        names = sorted({name for name, _ in differ})
+        reason = f"after this push {', '.join(names[:5])} would still differ from {said}"
+        denials = [Denial(u.ref, reason) for u in signed]
     return denials

@@ -167,11 +167,14 @@ async def stage(
     limits: GitLimits,
     cache: PackCache | None = None,
     accept: Acceptance | None = None,
+    head: str | None = None,
 ) -> Staged | Unchanged | Refused:
-    """Everything before the commit point: nothing a reader sees changes."""
+    """Everything before the commit point: nothing a reader sees changes. `head` is the
+    branch HEAD should name (a signed state's `HEAD`), kept when the push leaves it."""
     parent = ws.manifest
     refs, observed_head = await snapshot_refs(ws, limits)
-    head = published_head(observed_head, parent, refs)
+    if head is None or head not in refs or not head.startswith("refs/heads/"):
+        head = published_head(observed_head, parent, refs)
     if refs == parent.refs and head == parent.head:
         return Unchanged()
     # Before any pack is stored: what reads would refuse is never written.

@@ -1,10 +1,12 @@
 """A push, end to end: receive-pack with the relay's hook, publish, answer, ref state.
 
-git checks the pack and asks the hook (`hookserver`), the relay decides who may push what
-(`policy`); only when git accepted every ref and the relay allowed it is the result staged
-and committed by the pointer CAS (`push`). A push is all or nothing: when anything is
-refused, every ref is reported refused. The relay-signed 30618 follows a committed push;
-the push's answer never waits on it.
+What the push is judged by (`policy.PushRules`: the maintainer set, the refs before it,
+the newest maintainer-signed state, the tips pull-request events name) is read before git
+runs; git checks the pack and asks the hook (`hookserver`), and the relay decides. Only
+when git accepted every ref and the relay allowed it is the result staged and committed by
+the pointer CAS (`push`). A push is all or nothing: when anything is refused, every ref is
+reported refused. After the commit the relay-signed 30618 follows, then the events waiting
+in purgatory for this data are released; the push's answer waits on neither.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from relay.events.model import Event
-from relay.git import model, pktline, policy
+from relay.git import grasp, model, pktline, policy
 from relay.git.hookserver import hook_server
+from relay.git.maintainers import HostedRepo
 from relay.git.push import Conflict, Published, Refused, Staged, commit, stage
 from relay.git.refstate import build_ref_state
 from relay.git.refsync import CONVERGE_ERRORS
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
     from relay.git.objectstore import GitObjects
     from relay.git.packcache import PackCache
+    from relay.git.purgatory import GraspEvents
     from relay.git.refsync import RefStates
     from relay.git.routes import GitRoute
 
@@ -46,13 +49,19 @@ HEAD_BYTES = 1024 * 1024  # the commands are read from at most this much of the 
 
 @dataclass(frozen=True, slots=True)
 class Push:
-    """One push request: where it goes, who sends it, under which announcement."""
+    """One push request: where it goes, and who sends it (None: no NIP-98, so the push
+    is authorized by signed state)."""
 
     route: GitRoute
     community_id: int
     pointer_key: str
-    pusher: str
-    announcement: Event
+    pusher: str | None
+    repo: HostedRepo
+
+    @property
+    def actor(self) -> str:
+        """Who the relay-signed 30618 names as causing the new state."""
+        return self.pusher or self.repo.owner
 
 
 @dataclass
@@ -65,6 +74,7 @@ class Receiver:
     limits: GitLimits
     max_event_bytes: int  # the relay-signed 30618 must fit it
     cache: PackCache | None
+    grasp: GraspEvents
 
     async def receive(
         self, stream: trio.abc.Stream, ws: Workspace, spool: Path, push: Push
@@ -77,7 +87,8 @@ class Receiver:
         except ValueError:
             raise HttpError(400, "the receive-pack request is not pkt-line commands") from None
         side_band = "side-band-64k" in capabilities
-        decide = partial(policy.evaluate, push.pusher, push.announcement)
+        rules = await self._rules(push, ws, commands)
+        decide = partial(policy.evaluate, rules)
         async with hook_server(ws.path, decide) as hooks:
             result = await run_git(
                 # Whatever arrives stays one checked pack, published as it is.
@@ -98,8 +109,9 @@ class Receiver:
                 stdout = pktline.refuse_all(stdout, commands, side_band)
             await respond(stream, 200, stdout, RESULT_TYPE, NO_CACHE)
             return
-        fits = partial(self._state_fits, push.route.repo_id, push.pusher)
-        staged = await stage(self.objects, ws, self.limits, self.cache, accept=fits)
+        fits = partial(self._state_fits, push.route.repo_id, push.actor)
+        wanted = rules.state.head if rules.state is not None else None
+        staged = await stage(self.objects, ws, self.limits, self.cache, accept=fits, head=wanted)
         if isinstance(staged, Refused):
             stdout = pktline.refuse_all(stdout, commands, side_band, staged.reason)
         outcome: Published | Conflict | None = None
@@ -118,6 +130,35 @@ class Receiver:
             await respond(stream, 200, stdout, RESULT_TYPE, NO_CACHE)
         if isinstance(outcome, Published) and outcome.digest != ws.digest:
             await self._announce_state(push)
+            await self._release(push, rules, outcome.manifest)
+
+    async def _rules(
+        self, push: Push, ws: Workspace, commands: list[pktline.Command]
+    ) -> policy.PushRules:
+        repo, cid = push.repo, push.community_id
+        pr_ids = [i for c in commands if (i := grasp.pr_event_id(c.ref)) is not None]
+        return policy.PushRules(
+            pusher=push.pusher,
+            announcement=repo.announcement,
+            maintainers=repo.maintainers,
+            refs=ws.manifest.refs,
+            state=await self.grasp.newest_state(cid, repo) if push.pusher is None else None,
+            pr_tips=await self.grasp.pull_request_tips(cid, pr_ids),
+        )
+
+    async def _release(self, push: Push, rules: policy.PushRules, manifest: model.Manifest) -> None:
+        """Events waiting for what this push brought are served from now on, and PR refs
+        it created without an event are noted (removed if none comes); a failure here is
+        the sweep's to mend (the push is done)."""
+        created = sorted(manifest.refs.keys() - rules.refs.keys())
+        try:
+            await self.grasp.track(push.community_id, push.repo, created, rules.pr_tips)
+            await self.grasp.release(push.community_id, push.repo, manifest.refs)
+        except CONVERGE_ERRORS as exc:
+            log.warning(
+                "releasing purgatory of %s/%s failed (%s); the sweep will",
+                push.repo.owner, push.repo.repo_id, exc,
+            )  # fmt: skip
 
     def _state_fits(self, repo_id: str, pusher: str, manifest: model.Manifest) -> str | None:
         """Why the ref-state event of `manifest` would be refused, or None: it is an event
@@ -137,12 +178,12 @@ class Receiver:
         route = push.route
         try:
             await self.ref_states.converge(
-                push.community_id, route.owner, route.repo_id, push.pusher
+                push.community_id, push.repo.owner, route.repo_id, push.actor
             )
         except CONVERGE_ERRORS as exc:
             log.warning(
                 "the ref state of %s/%s is behind its push (%s); the reconciler will emit it",
-                route.owner, route.repo_id, exc,
+                push.repo.owner, route.repo_id, exc,
             )  # fmt: skip
 
 

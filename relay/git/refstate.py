@@ -1,7 +1,8 @@
 """Kind 30618 ref-state events: built and signed by the relay, and checked when users send them.
 
-The relay's 30618 for a repo is a notification derived from the pointer, never the truth:
-clients tell the authoritative one by its author (NIP-11 `self`).
+The relay's 30618 for a repo is a statement of what its object store holds, derived from
+the pointer; it is not what clients follow. NIP-34 clients follow the newest 30618 signed
+by one of the repository's maintainers (`grasp`), and a push without NIP-98 must match that.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from relay.events.model import Event, is_hex, sign_event
 from relay.git import model
 
 PUBLISHED_PREFIXES = ("refs/heads/", "refs/tags/")
+PEELED_SUFFIX = "^{}"
 
 
 def next_created_at(now: float, previous: int | None) -> int:
@@ -75,7 +77,9 @@ def check_ref_state(event: Event) -> str | None:
             if not target.startswith("ref: refs/heads/") or not model.is_safe_refname(head):
                 return "invalid: HEAD must be 'ref: refs/heads/<branch>'"
         elif tag[0].startswith("refs/"):
-            if not model.is_safe_refname(tag[0]):
+            # A peeled entry (`refs/tags/v1^{}`: the commit an annotated tag points at), as
+            # ngit writes them, names a safe ref plus the suffix.
+            if not model.is_safe_refname(tag[0].removesuffix(PEELED_SUFFIX)):
                 return f"invalid: unsafe refname {tag[0][:80]!r}"
             if len(tag) < 2 or not model.is_oid(tag[1]):
                 return f"invalid: {tag[0][:80]} must name a 40- or 64-hex object id"

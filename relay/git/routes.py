@@ -46,7 +46,7 @@ def parse_route(method: str, path: str, query: str) -> GitRoute:
     route) or 405 (wrong method)."""
     owner, repo_id, action, root = _locate(path)
     if action == ADVERTISEMENT:
-        if method != "GET":
+        if method not in ("GET", "HEAD"):
             raise HttpError(405, "use GET for info/refs")
         service = dict(parse_qsl(query)).get("service", "")
         if service not in SERVICES:

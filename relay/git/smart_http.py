@@ -12,23 +12,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import subprocess
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import orjson
 import trio
 
-from relay.events import kinds
-from relay.events.model import Event, parse_event
-from relay.git import model, nip98, pktline, policy
+from relay.git import model, nip98, pktline
+from relay.git.maintainers import HostedRepo, Repos
 from relay.git.objectstore import StoreError
 from relay.git.packcache import PackCache
 from relay.git.receive import NO_CACHE, Push, Receiver
-from relay.git.routes import UPLOAD_PACK, GitRoute, parse_route, service_label
+from relay.git.routes import GitRoute, parse_route, service_label
 from relay.git.workspace import (
     SERVE_OPTIONS,
     GitFailed,
@@ -50,7 +47,6 @@ from relay.http import (
     send_chunked,
     spool_decoded_body,
 )
-from relay.protocol.filters import Filter
 
 if TYPE_CHECKING:
     from collections import Counter
@@ -58,9 +54,8 @@ if TYPE_CHECKING:
     from coincurve import PrivateKey
 
     from relay.git.objectstore import GitObjects
+    from relay.git.purgatory import GraspEvents
     from relay.git.refsync import RefStates
-    from relay.git.registry import RepoRegistry
-    from relay.store.events import EventStore
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +72,8 @@ def advertisement(service: str, body: bytes) -> bytes:
 class GitService:
     """The git smart-HTTP routes; it is handed the parts it uses, not the relay."""
 
-    store: EventStore
-    registry: RepoRegistry
+    repos: Repos
+    grasp: GraspEvents
     objects: GitObjects
     ref_states: RefStates
     key: PrivateKey
@@ -96,7 +91,7 @@ class GitService:
     def __post_init__(self) -> None:
         self.receiver = Receiver(
             self.objects, self.ref_states, self.key, self.limits, self.max_event_bytes,
-            self.cache,
+            self.cache, self.grasp,
         )  # fmt: skip
 
     # -- entry ------------------------------------------------------------------------------
@@ -116,12 +111,12 @@ class GitService:
         try:
             route = parse_route(request.method, request.path, request.query)
             pusher = self._authenticate(request, route, host)
-            announcement = await self._announcement(community_id, route)
-            if not self.public_read and pusher not in policy.maintainers(announcement):
+            repo = await self._repo(community_id, route)
+            if not self.public_read and pusher not in repo.maintainers:
                 # Private reads are the maintainers' (a push advertisement lists the refs
                 # too); to anyone else the repository does not exist, so names do not leak.
                 raise RepoNotFound(route.repo_id)
-            await self._serve(stream, request, route, community_id, pusher, announcement)
+            await self._serve(stream, request, route, community_id, pusher, repo)
             return 200
         except HttpError as exc:
             refusal = exc
@@ -139,12 +134,16 @@ class GitService:
         return refusal.status
 
     def _authenticate(self, request: Request, route: GitRoute, host: str) -> str | None:
-        if route.service == UPLOAD_PACK and self.public_read:
+        """The NIP-98 key of the request, or None where none is needed: reads of public
+        repositories, and pushes sent without Authorization (authorized by signed state,
+        as GRASP-01 clients push). A token that is sent must be valid."""
+        authorization = request.header("authorization")
+        if not authorization and (self.public_read or route.is_push):
             return None
         scheme = "https" if self.https else "http"
         try:
             return nip98.authenticate(
-                request.header("authorization"),
+                authorization,
                 scheme=scheme,
                 host=request.header("host") or host,
                 repo_root=route.repo_root,
@@ -153,25 +152,13 @@ class GitService:
         except nip98.Unauthorized as exc:
             raise HttpError(401, str(exc), [("WWW-Authenticate", 'Nostr realm="git"')]) from None
 
-    async def _announcement(self, community_id: int, route: GitRoute) -> Event:
-        owner = await self.registry.owner_of(community_id, route.repo_id)
-        if owner != route.owner:
+    async def _repo(self, community_id: int, route: GitRoute) -> HostedRepo:
+        """The hosted repository of the route: reachable under the npub of every member of
+        its maintainer set, not only the owner's."""
+        repo = await self.repos.hosted(community_id, route.repo_id)
+        if repo is None or route.owner not in repo.maintainers:
             raise RepoNotFound(route.repo_id)
-        found = await self.store.query(
-            community_id,
-            (
-                Filter(
-                    authors=frozenset({route.owner}),
-                    kinds=frozenset({kinds.REPO_ANNOUNCEMENT}),
-                    tags=(("d", frozenset({route.repo_id})),),
-                    limit=1,
-                ),
-            ),
-            int(time.time()),
-        )
-        if not found:
-            raise RepoNotFound(route.repo_id)
-        return parse_event(orjson.loads(found[0][1]))
+        return repo
 
     async def _serve(
         self,
@@ -180,12 +167,12 @@ class GitService:
         route: GitRoute,
         community_id: int,
         pusher: str | None,
-        announcement: Event,
+        repo: HostedRepo,
     ) -> None:
-        key = model.pointer_key(community_id, route.owner, route.repo_id)
+        key = model.pointer_key(community_id, repo.owner, repo.repo_id)
         async with scratch_dir(self.scratch) as tmp:
-            repo = tmp / "repo.git"
-            repo.mkdir()
+            bare = tmp / "repo.git"
+            bare.mkdir()
             # The body is read before a git slot is taken, within its own deadline, so a
             # slow or stalled client never holds a slot.
             body = b""
@@ -201,12 +188,11 @@ class GitService:
             if reading.cancelled_caught:
                 raise HttpError(408, "the request body did not arrive in time")
             async with self._slot():
-                ws = await hydrate_into(repo, self.objects, key, self.limits, self.cache)
+                ws = await hydrate_into(bare, self.objects, key, self.limits, self.cache)
                 if route.advertise:
-                    await self._advertise(stream, ws, route.service)
+                    await self._advertise(stream, ws, route.service, request.method == "HEAD")
                 elif route.is_push:
-                    assert pusher is not None
-                    push = Push(route, community_id, key, pusher, announcement)
+                    push = Push(route, community_id, key, pusher, repo)
                     await self.receiver.receive(stream, ws, spool, push)
                 else:
                     await self._upload_pack(stream, ws, body)
@@ -229,14 +215,19 @@ class GitService:
 
     # -- reads ------------------------------------------------------------------------------
 
-    async def _advertise(self, stream: trio.SocketStream, ws: Workspace, service: str) -> None:
+    async def _advertise(
+        self, stream: trio.SocketStream, ws: Workspace, service: str, head_only: bool
+    ) -> None:
         result = await run_git(
             [service.removeprefix("git-"), "--stateless-rpc", "--advertise-refs", str(ws.path)],
             home=ws.path,
             timeout=self.limits.timeout_seconds,
         )
         body = advertisement(service, result.stdout)
-        await respond(stream, 200, body, f"application/x-{service}-advertisement", NO_CACHE)
+        await respond(
+            stream, 200, body, f"application/x-{service}-advertisement", NO_CACHE,
+            send_body=not head_only,
+        )  # fmt: skip
 
     async def _upload_pack(self, stream: trio.SocketStream, ws: Workspace, body: bytes) -> None:
         command = ["git", *SERVE_OPTIONS, "upload-pack", "--stateless-rpc", str(ws.path)]

@@ -19,6 +19,11 @@ async def _ensure(conn: Connection, hosts: list[str]) -> dict[str, int]:
     return {row["host"]: row["id"] for row in rows}
 
 
+async def _hosts_of(conn: Connection, community_id: int) -> list[str]:
+    rows = await conn.fetch("SELECT host FROM communities WHERE id = $1", community_id)
+    return [row["host"] for row in rows]
+
+
 async def _lookup(conn: Connection, host: str) -> int | None:
     value = await conn.fetchval("SELECT id FROM communities WHERE host = $1", host)
     return None if value is None else int(value)
@@ -38,6 +43,11 @@ class Communities:
 
     async def hosts(self) -> list[str]:
         return sorted(self._known)
+
+    async def hosts_of(self, community_id: int) -> frozenset[str]:
+        """The host names of a community (the ones its clients may write in URLs)."""
+        known = frozenset(h for h, cid in self._known.items() if cid == community_id)
+        return known or frozenset(await self._db.run(_hosts_of, community_id))
 
     async def resolve(self, host: str) -> int | None:
         found = self._known.get(host)

@@ -25,6 +25,9 @@ from relay.git.objectstore import GitObjects, Won
 from relay.keys import pubkey_hex
 from tests.git.hosting import EMPTY, Hosted, hosted_relay, self_pubkey
 from tests.helpers import (
+    announcement as hosted_announcement,
+)
+from tests.helpers import (
     community_of,
     connect,
     make_event,
@@ -49,13 +52,10 @@ def announcement(
     created_at: int | None = None,
     tags: list[list[str]] | None = None,
 ) -> Event:
-    return make_event(
-        key,
-        kind=kinds.REPO_ANNOUNCEMENT,
-        content="",
-        tags=[["d", repo], ["name", "My repo"]] if tags is None else tags,
-        created_at=created_at,
-    )
+    if tags is not None:
+        return make_event(key, kind=kinds.REPO_ANNOUNCEMENT, content="", tags=tags,
+                          created_at=created_at)  # fmt: skip
+    return hosted_announcement(key, repo, extra_tags=[["name", "My repo"]], created_at=created_at)
 
 
 def deletion(key: coincurve.PrivateKey, tags: list[list[str]]) -> Event:

@@ -9,10 +9,9 @@ from pathlib import Path
 import trio
 from coincurve import PrivateKey
 
-from relay.events import kinds
 from relay.events.model import Event
 from relay.git.nip98 import make_token
-from tests.helpers import connect, make_event
+from tests.helpers import announcement, connect
 
 
 class Git:
@@ -64,9 +63,7 @@ class Git:
 
 async def announce(port: int, key: PrivateKey, repo: str, host: str = "127.0.0.1",
                    extra_tags: list[list[str]] | None = None) -> Event:  # fmt: skip
-    event = make_event(
-        key, kind=kinds.REPO_ANNOUNCEMENT, content="", tags=[["d", repo], *(extra_tags or [])]
-    )
+    event = announcement(key, repo, host, extra_tags)
     async with connect(port, host) as client:
         answer = await client.publish(event)
     assert answer[2] is True, answer

@@ -19,7 +19,7 @@ from relay.events import kinds
 from relay.git.objectstore import BackendError
 from tests.git.gitclient import Git
 from tests.git.hosting import clone_refs, fresh_dir, hosted_relay, setup_repo
-from tests.helpers import connect, make_event, new_key
+from tests.helpers import announcement, connect, make_event, new_key
 
 
 async def test_a_repo_whose_pointer_could_not_be_removed_can_be_announced_again(
@@ -49,10 +49,7 @@ async def test_a_repo_whose_pointer_could_not_be_removed_can_be_announced_again(
         assert await h.pointer(owner, "kept") is not None  # the store kept it
 
         # The owner announces it again (newer than the deletion, as NIP-09 asks).
-        again = make_event(
-            key, kind=kinds.REPO_ANNOUNCEMENT, content="", tags=[["d", "kept"]],
-            created_at=deletion.created_at + 1,
-        )  # fmt: skip
+        again = announcement(key, "kept", created_at=deletion.created_at + 1)
         async with connect(h.port) as client:
             assert await client.publish(again) == ["OK", again.id, True, ""]
         cloned, head = await clone_refs(git, url, fresh_dir(tmp_path, "again"))

@@ -31,7 +31,7 @@ from relay.git.objectstore import BackendError, GitObjects
 from relay.git.registry import RepoRegistry
 from relay.pubsub.fanout import Fanout
 from relay.store.db import DatabaseError
-from tests.helpers import make_event, new_key, sql
+from tests.helpers import announcement, new_key, sql
 from tests.services import relay_settings
 
 MODES = ("cancel-before", "cancel-after", "error", "hang")
@@ -142,6 +142,7 @@ def faulty_handler(relay: Relay, injector: Injector) -> Announcements:
         Faulty(RepoRegistry(relay.db, 100), injector),  # type: ignore[arg-type]
         GitObjects(Faulty(relay.objects.store, injector)),  # type: ignore[arg-type]
         relay.key,
+        hosts_of=Faulty(relay.communities, injector).hosts_of,
         compensation_seconds=5,
     )
 
@@ -156,7 +157,7 @@ async def test_fault_at_every_await_point_leaves_all_or_nothing(
         outcomes = []
         for at in range(1, 50):
             repo = f"repo-{at}"
-            event = make_event(key, kind=kinds.REPO_ANNOUNCEMENT, tags=[["d", repo]])
+            event = announcement(key, repo, "localhost")
             with trio.CancelScope() as scope:
                 injector = Injector(at, mode, scope)
                 handler = faulty_handler(relay, injector)
@@ -173,7 +174,7 @@ async def test_fault_at_every_await_point_leaves_all_or_nothing(
             if whole:
                 continue
             # The owner can always try again, and then it is whole.
-            retry = make_event(key, kind=kinds.REPO_ANNOUNCEMENT, tags=[["d", repo]])
+            retry = announcement(key, repo, "localhost")
             handled = await run_side_effect(
                 relay.ingest.side_effects[kinds.REPO_ANNOUNCEMENT], cid, retry, retry.to_json()
             )
@@ -194,7 +195,7 @@ async def test_ingest_deadline_compensates(
         key = new_key()
         for at in (1, 2, 3, 4):
             repo = f"slow-{at}"
-            event = make_event(key, kind=kinds.REPO_ANNOUNCEMENT, tags=[["d", repo]])
+            event = announcement(key, repo, "localhost")
             injector = Injector(at, "hang", trio.CancelScope())
             ingest = Ingest(relay.store, Fanout(), relay.limits, timeout=30)
             ingest.side_effects[kinds.REPO_ANNOUNCEMENT] = faulty_handler(relay, injector)

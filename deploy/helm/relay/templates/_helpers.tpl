@@ -108,6 +108,8 @@ RELAY_GIT_MAX_REPO_BYTES: git.maxRepoBytes
 RELAY_GIT_MAX_PROCESSES: git.maxProcesses
 RELAY_GIT_TIMEOUT_SECONDS: git.timeoutSeconds
 RELAY_GIT_RECONCILE_SECONDS: git.reconcileSeconds
+RELAY_GIT_PROVISION: git.provision
+RELAY_GIT_PURGATORY_SECONDS: git.purgatorySeconds
 RELAY_GIT_SCRATCH_DIR: gitScratch.mountPath
 {{- end -}}
 
@@ -158,6 +160,8 @@ values arrive as float64 and would otherwise print as 2.68435456e+08.
 {{- $_ = set $s "RELAY_GIT_MAX_PROCESSES" ($v.git.maxProcesses | int64 | toString) -}}
 {{- $_ = set $s "RELAY_GIT_TIMEOUT_SECONDS" ($v.git.timeoutSeconds | toString) -}}
 {{- $_ = set $s "RELAY_GIT_RECONCILE_SECONDS" ($v.git.reconcileSeconds | toString) -}}
+{{- $_ = set $s "RELAY_GIT_PROVISION" $v.git.provision -}}
+{{- $_ = set $s "RELAY_GIT_PURGATORY_SECONDS" ($v.git.purgatorySeconds | toString) -}}
 {{- $_ = set $s "RELAY_GIT_SCRATCH_DIR" $v.gitScratch.mountPath -}}
 {{- range $key, $value := $v.extraConfig }}{{ $_ = set $s $key (toString $value) }}{{ end -}}
 {{- range $key := keys $s | sortAlpha }}
