@@ -166,6 +166,12 @@ class NostrClient:
         return self.challenge
 
 
+async def publish(port: int, event: Event) -> list[Any]:
+    """Publish one event on a connection of its own; the relay's answer."""
+    async with connect(port) as client:
+        return await client.publish(event)
+
+
 async def close_code_after(client: NostrClient) -> int:
     """Read until the relay closes the websocket; its close code."""
     with trio.fail_after(RECEIVE_TIMEOUT):

@@ -32,6 +32,7 @@ from tests.helpers import (
     connect,
     make_event,
     new_key,
+    publish,
     relay_process,
     sql,
 )
@@ -91,11 +92,6 @@ async def publish_concurrently(jobs: Sequence[tuple[int, Sequence[Event]]]) -> d
             go.set()
     assert len(answers) == sum(len(events) for _, events in jobs)
     return answers
-
-
-async def publish(port: int, event: Event) -> list[Any]:
-    async with connect(port) as client:
-        return await client.publish(event)
 
 
 async def name_rows(db_url: str, community_id: int) -> list[tuple[str, str]]:

@@ -33,6 +33,7 @@ from tests.helpers import (
     connect,
     make_event,
     new_key,
+    publish,
     relay_process,
     sql,
 )
@@ -61,11 +62,6 @@ def state_event(
     return make_event(key, kind=kinds.REPO_STATE, content="", tags=tags, created_at=created_at)
 
 
-async def publish(h: Hosted, event: Event) -> list[Any]:
-    async with connect(h.port) as client:
-        return await client.publish(event)
-
-
 async def found(h: Hosted, flt: dict[str, Any]) -> list[dict[str, Any]]:
     async with connect(h.port) as client:
         return await client.req("q", flt)
@@ -88,7 +84,7 @@ async def announce_hosted(
     h: Hosted, key: PrivateKey, repo: str, extra_tags: list[list[str]] | None = None
 ) -> Event:
     event = announcement(key, repo, extra_tags=extra_tags)
-    assert await publish(h, event) == ["OK", event.id, True, ""]
+    assert await publish(h.port, event) == ["OK", event.id, True, ""]
     return event
 
 
@@ -109,7 +105,7 @@ async def test_ngit_push_flow_state_first_then_an_unauthenticated_push(
         # 1. The maintainer signs the state (peeled tag entry included) and publishes it:
         # the repository does not hold it yet, so it waits in purgatory, unserved.
         state = state_event(key, "flow", refs, head="dev")
-        assert await publish(h, state) == ["OK", state.id, True, PURGATORY_MESSAGE]
+        assert await publish(h.port, state) == ["OK", state.id, True, PURGATORY_MESSAGE]
         assert await found(h, {"ids": [state.id]}) == []
         # 2. ngit pushes with force refspecs and no HTTP auth.
         pushed = await git.run(
@@ -136,7 +132,7 @@ async def test_ngit_push_flow_state_first_then_an_unauthenticated_push(
         newer = state_event(
             key, "flow", {**refs, "refs/heads/dev": c3}, "dev", state.created_at + 1
         )
-        assert (await publish(h, newer))[2:] == [True, PURGATORY_MESSAGE]
+        assert (await publish(h.port, newer))[2:] == [True, PURGATORY_MESSAGE]
         await git.run("push", url, "+refs/heads/dev:refs/heads/dev", cwd=work)
         await served(h, newer)
         # A push that does not match the newest state is refused with a reason git prints.
@@ -158,7 +154,7 @@ async def test_a_state_the_repository_already_holds_is_stored_at_once(
         await announce_hosted(h, key, "same")
         state = make_event(key, kind=kinds.REPO_STATE, content="",
                            tags=[["d", "same"], ["HEAD", "ref: refs/heads/main"]])  # fmt: skip
-        assert await publish(h, state) == ["OK", state.id, True, ""]
+        assert await publish(h.port, state) == ["OK", state.id, True, ""]
         assert [e["id"] for e in await found(h, {"ids": [state.id]})] == [state.id]
 
 
@@ -178,13 +174,13 @@ async def test_co_maintainers_announce_push_and_reach_one_repository(
         assert await h.pointer(pubkey_hex(bob), "shared") is None
         # A stranger's announcement of the held name is refused.
         stranger = announcement(mallory, "shared")
-        answer = await publish(h, stranger)
+        answer = await publish(h.port, stranger)
         assert answer[2] is False and answer[3].startswith("blocked:"), answer
 
         # Carol (two hops away) signs a state and pushes to her own URL, without auth.
         work, c1 = await local_repo(git, tmp_path)
         state = state_event(carol, "shared", {"refs/heads/main": c1})
-        assert (await publish(h, state))[2:] == [True, PURGATORY_MESSAGE]
+        assert (await publish(h.port, state))[2:] == [True, PURGATORY_MESSAGE]
         await git.run("push", npub_url(h, carol, "shared"), "+refs/heads/main:refs/heads/main",
                       cwd=work)  # fmt: skip
         # One repository, reachable under every maintainer's npub and the owner's hex URL.
@@ -204,7 +200,7 @@ async def test_co_maintainers_announce_push_and_reach_one_repository(
         before = await found(h, relay_states)
         bobs = f"{kinds.REPO_ANNOUNCEMENT}:{pubkey_hex(bob)}:shared"
         deletion = make_event(bob, kind=kinds.DELETION, content="", tags=[["a", bobs]])
-        assert (await publish(h, deletion))[2] is True
+        assert (await publish(h.port, deletion))[2] is True
         assert await found(h, relay_states) == before != []
         got, _ = await clone_refs(git, npub_url(h, alice, "shared"), fresh_dir(tmp_path, "c"))
         assert got == {"refs/heads/main": c1}
@@ -212,7 +208,7 @@ async def test_co_maintainers_announce_push_and_reach_one_repository(
         # A stranger's state is stored as any event, and authorizes nothing.
         c2 = await git.commit(work, "README", "two\n", "second")
         foreign = state_event(mallory, "shared", {"refs/heads/main": c2})
-        assert await publish(h, foreign) == ["OK", foreign.id, True, ""]
+        assert await publish(h.port, foreign) == ["OK", foreign.id, True, ""]
         alices = npub_url(h, alice, "shared")
         refused = await git.run("push", alices, "+main:main", cwd=work, check=False)
         assert refused.returncode != 0
@@ -238,7 +234,7 @@ async def test_pull_requests_on_refs_nostr(
         # ngit's order: push the tip to refs/nostr/<id of the signed-to-be PR>, then publish.
         first = pr(c1)
         await git.run("push", url, f"{c1}:refs/nostr/{first.id}", cwd=work)
-        assert await publish(h, first) == ["OK", first.id, True, ""]
+        assert await publish(h.port, first) == ["OK", first.id, True, ""]
         assert (await h.manifest(owner, "prs")).refs == {f"refs/nostr/{first.id}": c1}
         # Another tip for the same PR is refused: the PR event names c1.
         c2 = await git.commit(work, "README", "two\n", "second")
@@ -250,14 +246,14 @@ async def test_pull_requests_on_refs_nostr(
 
         # Published first, the PR update waits in purgatory until its tip is pushed.
         update = pr(c2, kinds.PULL_REQUEST_UPDATE)
-        assert await publish(h, update) == ["OK", update.id, True, PURGATORY_MESSAGE]
+        assert await publish(h.port, update) == ["OK", update.id, True, PURGATORY_MESSAGE]
         assert await found(h, {"ids": [update.id]}) == []
         await git.run("push", url, f"{c2}:refs/nostr/{update.id}", cwd=work)
         await served(h, update)
         # A PR event for a repository hosted elsewhere is stored as it is.
         elsewhere = make_event(contributor, kind=kinds.PULL_REQUEST, content="",
                                tags=[["a", f"30617:{owner}:not-here"], ["c", c2]])  # fmt: skip
-        assert await publish(h, elsewhere) == ["OK", elsewhere.id, True, ""]
+        assert await publish(h.port, elsewhere) == ["OK", elsewhere.id, True, ""]
 
 
 async def test_only_announcements_that_list_the_relay_provision(
@@ -268,7 +264,7 @@ async def test_only_announcements_that_list_the_relay_provision(
         owner = pubkey_hex(key)
         elsewhere = make_event(key, kind=kinds.REPO_ANNOUNCEMENT, content="", tags=[
             ["d", "away"], ["clone", "https://git.example.com/away.git"]])  # fmt: skip
-        assert await publish(h, elsewhere) == ["OK", elsewhere.id, True, ""]
+        assert await publish(h.port, elsewhere) == ["OK", elsewhere.id, True, ""]
         assert [e["id"] for e in await found(h, {"ids": [elsewhere.id]})] == [elsewhere.id]
         assert await sql(h.db_url, "SELECT 1 FROM git_repo_names WHERE repo_id = 'away'") == []
         assert await h.pointer(owner, "away") is None
@@ -286,7 +282,7 @@ async def test_only_announcements_that_list_the_relay_provision(
             clone = ["clone", "https://mirror.example/x.git", listed]
             tags = [["d", repo], clone]
             event = make_event(key, kind=kinds.REPO_ANNOUNCEMENT, content="", tags=tags)
-            assert (await publish(h, event))[2] is True
+            assert (await publish(h.port, event))[2] is True
             assert (await h.pointer(owner, repo) is not None) is provisions, listed
 
 
@@ -298,7 +294,7 @@ async def test_provision_any_hosts_announcements_without_clone_urls(
     ) as h:
         key = new_key()
         bare = make_event(key, kind=kinds.REPO_ANNOUNCEMENT, content="", tags=[["d", "bare"]])
-        assert await publish(h, bare) == ["OK", bare.id, True, ""]
+        assert await publish(h.port, bare) == ["OK", bare.id, True, ""]
         assert await h.pointer(pubkey_hex(key), "bare") is not None
 
 
@@ -310,7 +306,7 @@ async def test_purgatory_expires(nursery: trio.Nursery, db_url: str, tmp_path: P
         await announce_hosted(h, key, "late")
         work, c1 = await local_repo(git, tmp_path)
         state = state_event(key, "late", {"refs/heads/main": c1})
-        assert (await publish(h, state))[2:] == [True, PURGATORY_MESSAGE]
+        assert (await publish(h.port, state))[2:] == [True, PURGATORY_MESSAGE]
         waiting = "SELECT event_id FROM git_purgatory WHERE event_id = $1"
         assert len(await sql(h.db_url, waiting, state.id)) == 1
         await trio.sleep(1.5)
@@ -377,7 +373,7 @@ async def test_pr_refs_without_an_event_are_removed_after_the_window(
         orphan = "ab" * 32
         await git.run("push", url, f"{c1}:refs/nostr/{kept.id}", f"{c1}:refs/nostr/{orphan}",
                       cwd=work)  # fmt: skip
-        assert await publish(h, kept) == ["OK", kept.id, True, ""]
+        assert await publish(h.port, kept) == ["OK", kept.id, True, ""]
         with trio.fail_after(RELEASE_TIMEOUT):
             while f"refs/nostr/{orphan}" in (await h.manifest(owner, "orphans")).refs:
                 await trio.sleep(0.1)
