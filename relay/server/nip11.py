@@ -12,11 +12,18 @@ from relay.config import Settings
 SUPPORTED_NIPS = (1, 9, 11, 34, 40, 42, 45, 70)
 # GRASP-01: git repositories hosted for the kind 30617 announcements that list this relay.
 SUPPORTED_GRASPS = ("GRASP-01",)
-REPO_ACCEPTANCE_CRITERIA = (
-    "A git repository is provisioned for a kind 30617 announcement whose clone tag lists "
-    "this relay's git URL for it, https://<host>/<npub>/<repo>.git; other announcements are "
-    "stored as plain events and host nothing."
-)
+# Which announcements provision a repository, by RELAY_GIT_PROVISION.
+REPO_ACCEPTANCE_CRITERIA = {
+    "listed": (
+        "A git repository is provisioned for a kind 30617 announcement whose clone tag lists "
+        "this relay's git URL for it, https://<host>/<npub>/<repo>.git; other announcements "
+        "are stored as plain events and host nothing."
+    ),
+    "any": (
+        "A git repository is provisioned for every valid kind 30617 announcement, served at "
+        "https://<host>/<npub>/<repo>.git."
+    ),
+}
 # NIP-11 `software`: the URL of the project's repository (pyproject.toml names none).
 SOFTWARE_URL = "https://github.com/relay-project/relay"
 
@@ -29,7 +36,7 @@ def information_document(settings: Settings, relay_pubkey: str) -> dict[str, Any
         "self": relay_pubkey,
         "supported_nips": list(SUPPORTED_NIPS),
         "supported_grasps": list(SUPPORTED_GRASPS),
-        "repo_acceptance_criteria": REPO_ACCEPTANCE_CRITERIA,
+        "repo_acceptance_criteria": REPO_ACCEPTANCE_CRITERIA[settings.git_provision],
         "software": SOFTWARE_URL,
         "version": __version__,
         "limitation": settings.limits.nip11(),

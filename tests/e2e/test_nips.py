@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import orjson
 import trio
@@ -36,6 +37,15 @@ async def test_nip11_document_with_cors(relay: RelayUnderTest) -> None:
         assert doc[key]
     assert doc["limitation"]["max_message_length"] == 128 * 1024
     assert doc["limitation"]["max_limit"] == 500
+
+
+async def test_nip11_acceptance_criteria_follow_the_provisioning_setting(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path
+) -> None:
+    relay = await start_relay(nursery, db_url, tmp_path, git_provision="any")
+    _, _, body = await http_get(relay.port, "/", Accept="application/nostr+json")
+    criteria = orjson.loads(body)["repo_acceptance_criteria"]
+    assert "every valid kind 30617" in criteria and "clone tag" not in criteria
 
 
 async def test_plain_get_and_unknown_paths_are_404(relay: RelayUnderTest) -> None:
