@@ -103,18 +103,20 @@ def evaluate(rules: PushRules, updates: list[RefUpdate]) -> list[Denial]:
     if rules.pusher is not None and not rules.by_maintainer and not updates:
         return [Denial("", NOT_A_MAINTAINER)]
     denials: list[Denial] = []
-    signed_state: list[RefUpdate] = []  # branch and tag updates a state event must match
+    allowed: list[RefUpdate] = []
     for update in updates:
         reason = _refusal(rules, update)
         if reason is not None:
             denials.append(Denial(update.ref, reason))
             continue
-        if rules.pusher is None and grasp.is_published(update.ref):
-            signed_state.append(update)
+        allowed.append(update)
         if grasp.pr_event_id(update.ref) is None:
             denials += _protected(rules.announcement, update)
+    # Branch and tag updates a state event must match; judged on the updates that passed on
+    # their own (a refused one is named once, by its own reason).
+    signed_state = [u for u in allowed if rules.pusher is None and grasp.is_published(u.ref)]
     if signed_state:
-        denials += _against_state(rules, updates, signed_state)
+        denials += _against_state(rules, allowed, signed_state)
     return denials
 
 

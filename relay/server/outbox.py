@@ -1,4 +1,5 @@
-"""A connection's bounded outbound queue, measured in bytes.
+"""A connection's bounded outbound queue, measured in characters of JSON text (a byte each
+for ASCII, up to four for other text: counting them would cost an encode per delivery).
 
 Answers to the client's own requests wait for room (backpressure on that client only);
 live events never wait: when they do not fit, the connection is marked as a slow consumer.

@@ -356,3 +356,13 @@ def test_a_nip98_push_is_not_judged_against_any_state() -> None:
         state=grasp.StateClaim(STATE_ID, ALICE_PK, 1, {MAIN: C}, MAIN),
     )
     assert policy.evaluate(rules, [fast_forward(MAIN, A, B)]) == []
+
+
+def test_a_refused_update_is_not_also_named_against_the_state() -> None:
+    """An unsafe branch name next to an update the state agrees with: the push is refused
+    once, for the unsafe name; the agreeing update is not told it differs from the state."""
+    before = {MAIN: A}
+    updates = [fast_forward(MAIN, A, B), create("refs/heads/a..b", B)]
+    assert policy.evaluate(by_signed_state(before, {MAIN: B}), updates) == [
+        policy.Denial("refs/heads/a..b", "unsafe refname")
+    ]
