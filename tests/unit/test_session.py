@@ -99,3 +99,31 @@ def test_session_go_live_with_nothing_held() -> None:
     session.open("s", (flt({}),))
     assert session.go_live("s", set()) == []
     assert session.subscriptions["s"].backlog is None
+
+
+def test_session_routes_a_live_event_to_live_subscriptions_and_holds_it_for_the_others() -> None:
+    session = Session("localhost", LIMITS)
+    session.open("live", (flt({"kinds": [1]}),))
+    session.go_live("live", set())
+    session.open("reading", (flt({"kinds": [1]}),))  # still sending its stored events
+    session.open("other", (flt({"kinds": [7]}),))
+    note = event(ALICE, kind=1)
+    raw = note.to_json()
+    send, held, overflowed = session.route_live(note, raw, {"live", "reading", "other"}, 10_000)
+    assert (send, held, overflowed) == (["live"], 1, False)
+    assert session.subscriptions["reading"].backlog == [(note.id, raw)]
+    assert session.subscriptions["reading"].backlog_bytes == len(raw)
+    # Once live, it gets what was held and then live events directly.
+    assert session.go_live("reading", set()) == [raw]
+    assert session.route_live(note, raw, {"live", "reading"}, 10_000) == (
+        ["live", "reading"], 0, False,
+    )  # fmt: skip
+
+
+def test_session_a_hold_past_the_bound_gives_the_connection_up() -> None:
+    session = Session("localhost", LIMITS)
+    session.open("reading", (flt({}),))
+    first, second = event(content="a" * 50), event(content="b" * 50)
+    bound = len(first.to_json()) + len(second.to_json()) - 1
+    assert session.route_live(first, first.to_json(), {"reading"}, bound) == ([], 1, False)
+    assert session.route_live(second, second.to_json(), {"reading"}, bound) == ([], 0, True)
