@@ -1,20 +1,20 @@
-"""`relay serve | migrate | keygen`: the command line, configured by RELAY_* settings."""
+"""`relay serve | migrate | keygen | ...`: the command line, configured by RELAY_* settings;
+the user's commands (`whoami`, `token`, `repo`, `git-credential`) run in relay/client.py."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 from functools import partial
-from pathlib import Path
 
 import trio
 from coincurve import PrivateKey
 
+from relay import client
 from relay.config import ConfigError, Settings, load_settings, settings_help
-from relay.errors import EXIT_CONFIG, OperatorError
+from relay.errors import OperatorError
 from relay.git.gc import DEFAULT_GRACE_SECONDS, collect
 from relay.git.probe import ProbeFailed
 from relay.logs import configure_logging
@@ -67,7 +67,83 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     token.add_argument("url", help="the repository URL, e.g. https://host/git/<owner>/<repo>.git")
-    token.add_argument("--key-file", help="file holding the secret key (hex or nsec)")
+    _key_file_option(token)
+    whoami = commands.add_parser(
+        "whoami",
+        help="print the public key (hex and npub) of your key",
+        description="Prints the hex pubkey and the npub of the key in $NOSTR_SECRET_KEY (hex "
+        "or nsec) or --key-file.",
+    )
+    _key_file_option(whoami)
+    repo = commands.add_parser(
+        "repo",
+        help="announce, list or delete git repositories hosted by a relay (NIP-34)",
+        description=(
+            "Talks to a relay over its websocket (--relay, else $RELAY_URL, else\n"
+            f"{client.DEFAULT_RELAY_URL}), signing with the key in $NOSTR_SECRET_KEY (hex or\n"
+            "nsec) or --key-file.\n"
+            "  relay repo create NAME     announce NAME; prints its clone URL\n"
+            "  relay repo list            your repositories (everyone's without a key)\n"
+            "  relay repo delete NAME     delete it: the name is released, clones get 404"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    repo_commands = repo.add_subparsers(dest="repo_command", metavar="ACTION", required=True)
+    create = repo_commands.add_parser(
+        "create",
+        help="announce a repository (kind 30617) the relay hosts; prints its clone URL",
+        description=(
+            "Publishes a kind 30617 whose clone tag lists the relay's two URLs of NAME, and\n"
+            "waits for the relay's OK. Prints the clone URL (npub form). A refusal is printed\n"
+            "as the relay worded it, with exit status 1."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    create.add_argument("name", help="the repo id: 1-64 of A-Z a-z 0-9 . _ -")
+    create.add_argument("--description", metavar="TEXT")
+    create.add_argument(
+        "--maintainer", action="append", default=[], metavar="NPUB_OR_HEX",
+        help="another key that may push (repeat for more)",
+    )  # fmt: skip
+    _relay_option(create)
+    _key_file_option(create)
+    listing = repo_commands.add_parser(
+        "list",
+        help="list announced repositories: name, owner npub, clone URL, description",
+        description=(
+            "Prints one tab-separated line per kind 30617 stored on the relay: name, owner\n"
+            "npub, clone URL (the first one this relay serves, else the first), description.\n"
+            "Lists --owner's, else yours when a key is set, else everyone's."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    listing.add_argument("--owner", metavar="NPUB_OR_HEX")
+    _relay_option(listing)
+    _key_file_option(listing)
+    delete = repo_commands.add_parser(
+        "delete",
+        help="delete your announcement of a repository (NIP-09); the relay removes it",
+    )
+    delete.add_argument("name")
+    _relay_option(delete)
+    _key_file_option(delete)
+    credential = commands.add_parser(
+        "git-credential",
+        help="a git credential helper answering with NIP-98 tokens",
+        description=(
+            "On `get`, answers git with the user name 'nostr' and a NIP-98 token for the\n"
+            "repository URL as the password (HTTP Basic), signed with the key in\n"
+            "$NOSTR_SECRET_KEY or --key-file. git passes the repository's path only with\n"
+            "credential.useHttpPath, so set both for the relay's URL:\n"
+            "  git config --global credential.http://localhost:7777.helper \\\n"
+            "    '!relay git-credential'\n"
+            "  git config --global credential.http://localhost:7777.useHttpPath true\n"
+            "`store` and `erase` do nothing."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    credential.add_argument("action", choices=("get", "store", "erase"))
+    _key_file_option(credential)
     export = commands.add_parser(
         "export",
         help="write a community's stored events to stdout, one JSON event a line",
@@ -107,6 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
     community.add_argument("action", choices=("list", "add"))
     community.add_argument("host", nargs="?", help="the host name to add")
     return parser
+
+
+def _key_file_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--key-file", help="file holding your secret key (hex or nsec); else $NOSTR_SECRET_KEY"
+    )
+
+
+def _relay_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--relay", metavar="URL",
+        help=f"the relay's websocket URL (default: $RELAY_URL, else {client.DEFAULT_RELAY_URL})",
+    )  # fmt: skip
 
 
 async def _serve(settings: Settings) -> None:
@@ -190,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keygen":
         print(PrivateKey().secret.hex())
         return 0
-    if args.command == "token":
-        return _token(args.url, args.key_file)
+    if args.command in CLIENT_COMMANDS:
+        return _client_command(args)
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -219,21 +308,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _token(url: str, key_file: str | None) -> int:
-    from relay.git.nip98 import make_token
-    from relay.protocol.bech32 import decode_key
+CLIENT_COMMANDS = ("whoami", "token", "repo", "git-credential")
 
+
+def _client_command(args: argparse.Namespace) -> int:
+    """A command of the user's (relay/client.py): no settings, a key and a relay URL."""
     try:
-        raw = Path(key_file).read_text() if key_file else os.environ.get("NOSTR_SECRET_KEY", "")
-    except OSError as exc:
-        print(f"relay: cannot read --key-file: {exc.strerror}", file=sys.stderr)
-        return EXIT_CONFIG
-    raw = raw.strip()
-    secret = decode_key("nsec", raw) if raw.startswith("nsec1") else raw.lower()
-    if not secret or len(secret) != 64 or any(c not in "0123456789abcdef" for c in secret):
-        print("relay: set NOSTR_SECRET_KEY (hex or nsec) or pass --key-file", file=sys.stderr)
-        return EXIT_CONFIG
-    print(make_token(PrivateKey(bytes.fromhex(secret)), url.rstrip("/")))
+        if args.command == "whoami":
+            client.whoami(args.key_file)
+        elif args.command == "token":
+            client.token(args.url, args.key_file)
+        elif args.command == "git-credential":
+            client.git_credential(args.action, args.key_file)
+        elif args.repo_command == "create":
+            client.repo_create(
+                args.name, description=args.description, maintainers=args.maintainer,
+                relay=args.relay, key_file=args.key_file,
+            )  # fmt: skip
+        elif args.repo_command == "list":
+            client.repo_list(owner=args.owner, relay=args.relay, key_file=args.key_file)
+        else:
+            client.repo_delete(args.name, relay=args.relay, key_file=args.key_file)
+    except OperatorError as exc:
+        print(f"relay: {exc.prefix}{exc}", file=sys.stderr)
+        return exc.exit_status
     return 0
 
 
