@@ -241,6 +241,23 @@ async def read_body(
             raise HttpError(400, "unexpected data in the request body")
 
 
+async def discard_body(stream: trio.abc.Stream, request: Request, max_bytes: int) -> bool:
+    """Read and drop what is left of the request body, so the client reads an answer it
+    sent the whole body for; False when more than `max_bytes` are left (then the caller
+    closes the connection instead)."""
+    if request.parser.their_state is not h11.SEND_BODY:  # the body has all been read
+        return True
+
+    async def drop(chunk: bytes) -> None:
+        pass
+
+    try:
+        await read_body(stream, request, max_bytes, drop)
+    except BodyTooLarge:
+        return False
+    return True
+
+
 def is_gzipped(request: Request) -> bool:
     return request.header("content-encoding").strip().lower() == "gzip"
 

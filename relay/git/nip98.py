@@ -1,7 +1,10 @@
 """NIP-98 HTTP authentication for git routes.
 
 git sends one `Authorization` header (from `http.extraHeader`) on every request of a
-fetch or push, so the token is scoped to the repository, not to one request: the signed
+fetch or push, so the token is scoped to the repository, not to one request. The token
+comes as `Authorization: Nostr <base64 event>`, or as the password of HTTP Basic auth
+(`Basic base64("<any user>:<base64 event>")`), which is how a git credential helper
+(`relay git-credential`) hands it to stock git without a hand-made header. The signed
 `u` must be the scheme, the request's own host and the repo root path (no query, no
 service suffix), and `created_at` must be within the window. The `method` tag is not
 compared, since one token serves the GET and the POST of a push.
@@ -23,6 +26,9 @@ from relay.protocol.hosts import normalize_host
 
 DEFAULT_WINDOW_SECONDS = 60
 MAX_HEADER_BYTES = 16 * 1024
+# The answer to a request that needs a token: NIP-98 first, and Basic, which makes stock git
+# ask its credential helper (curl reads several challenges from one header field).
+CHALLENGE = ("WWW-Authenticate", 'Nostr realm="git", method="GET", Basic realm="nostr"')
 
 
 class Unauthorized(Exception):
@@ -48,8 +54,10 @@ def authenticate(
     if len(header) > MAX_HEADER_BYTES:
         raise Unauthorized("Authorization header too large")
     auth_scheme, _, token = header.strip().partition(" ")
-    if auth_scheme.lower() != "nostr" or not token:
-        raise Unauthorized("Authorization must use the Nostr scheme")
+    if auth_scheme.lower() == "basic" and token:
+        token = _basic_password(token.strip())
+    elif auth_scheme.lower() != "nostr" or not token:
+        raise Unauthorized("use the Nostr scheme, or Basic with the token as password")
     event = _decode(token.strip())
     if event.kind != kinds.HTTP_AUTH:
         raise Unauthorized(f"the token must be a kind {kinds.HTTP_AUTH} event")
@@ -69,6 +77,17 @@ def authenticate(
     except InvalidEvent as exc:
         raise Unauthorized(f"bad token: {exc}") from None
     return event.pubkey
+
+
+def _basic_password(credentials: str) -> str:
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise Unauthorized("Basic credentials are not base64 of user:password") from None
+    _, colon, password = decoded.partition(":")
+    if not colon or not password:
+        raise Unauthorized("Basic auth needs the NIP-98 token as its password")
+    return password
 
 
 def _decode(token: str) -> Event:

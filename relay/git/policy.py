@@ -99,6 +99,19 @@ def pattern_matches(pattern: str, ref: str) -> bool:
     return len(have) == len(want)
 
 
+def needs_token(rules: PushRules, refs: list[str]) -> bool:
+    """Whether a push of `refs` sent without NIP-98 should be asked for a token (HTTP 401,
+    which makes stock git run its credential helper) rather than judged by signed state:
+    it updates a branch or tag (not only pull-request refs; no refs at all is git's probe
+    before a large push, which may be anything), and no maintainer-signed state is waiting
+    for a push (a NIP-34 client publishes its state before it pushes)."""
+    if rules.pusher is not None:
+        return False
+    if refs and all(r.startswith(grasp.PR_PREFIX) for r in refs):
+        return False
+    return rules.state is None or rules.state.matches(rules.refs)
+
+
 def evaluate(rules: PushRules, updates: list[RefUpdate]) -> list[Denial]:
     if rules.pusher is not None and not rules.by_maintainer and not updates:
         return [Denial("", NOT_A_MAINTAINER)]

@@ -64,6 +64,10 @@ PushOutcome = Published | Unchanged | Conflict | Refused
 Acceptance = Callable[[model.Manifest], str | None]
 
 
+def pack_too_large(limits: GitLimits) -> str:
+    return f"pack is larger than RELAY_GIT_MAX_PACK_BYTES ({limits.max_pack_bytes} bytes)"
+
+
 async def snapshot_refs(ws: Workspace, limits: GitLimits) -> tuple[dict[str, str], str]:
     """The workspace's refs (safe ones only) and its symbolic HEAD target."""
     listed = await run_git(
@@ -106,7 +110,7 @@ async def _pack(ws: Workspace, revisions: list[str], limits: GitLimits) -> bytes
     )  # fmt: skip
     pack = result.stdout
     if len(pack) > limits.max_pack_bytes:
-        raise ResourceLimit(f"the pushed pack is larger than {limits.max_pack_bytes} bytes")
+        raise ResourceLimit(pack_too_large(limits))
     return pack
 
 
@@ -133,7 +137,7 @@ async def _store_pack(
     """Upload a pack and the idx beside it (and keep both in the pod's cache); its key."""
     pack = await trio.to_thread.run_sync(pack_path.read_bytes)
     if len(pack) > limits.max_pack_bytes:
-        raise ResourceLimit(f"the pushed pack is larger than {limits.max_pack_bytes} bytes")
+        raise ResourceLimit(pack_too_large(limits))
     digest = await objects.put_pack(pack)
     idx = await trio.to_thread.run_sync(pack_path.with_suffix(".idx").read_bytes)
     await objects.put_idx(digest, idx)
@@ -197,7 +201,10 @@ async def stage(
             new = [built] if built is not None else []
         added = sum(p.stat().st_size for p in new)
         if ws.hydrated_bytes + added > limits.max_repo_bytes and not full:
-            raise ResourceLimit(f"the repository would exceed {limits.max_repo_bytes} bytes")
+            raise ResourceLimit(
+                f"the repository would be larger than RELAY_GIT_MAX_REPO_BYTES "
+                f"({limits.max_repo_bytes} bytes)"
+            )
         keys = [await _store_pack(objects, p, cache, limits) for p in new]
         packs = keys if full else [*packs, *keys]
     manifest = model.Manifest(head=head, refs=refs, packs=tuple(packs), parent=ws.digest)

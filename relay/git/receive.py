@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from relay.git import grasp, model, pktline, policy
+from relay.git import grasp, model, nip98, pktline, policy
 from relay.git.hookserver import hook_server
 from relay.git.maintainers import HostedRepo
 from relay.git.push import Conflict, Published, Refused, Staged, commit, stage
 from relay.git.refstate import build_ref_state
 from relay.git.refsync import CONVERGE_ERRORS
-from relay.git.workspace import GitLimits, Workspace, run_git
+from relay.git.workspace import GitLimits, ResourceLimit, Workspace, run_git
 from relay.http import HttpError, respond
 
 if TYPE_CHECKING:
@@ -45,6 +45,8 @@ COMMIT_SECONDS = 5.0
 RESULT_TYPE = "application/x-git-receive-pack-result"
 NO_CACHE = [("Cache-Control", "no-cache")]
 HEAD_BYTES = 1024 * 1024  # the commands are read from at most this much of the body
+# Refusals git prints (report-status `ng <ref> <reason>`: git hides HTTP error bodies).
+RACE_LOST = "another push won the race: fetch, rebase and push again"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,13 +83,21 @@ class Receiver:
     ) -> None:
         """Run receive-pack on the spooled body in the hydrated `ws`, publish what it
         accepted, and answer git's report on `stream`."""
-        head = await trio.to_thread.run_sync(_read_head, spool)
+        head = await trio.to_thread.run_sync(read_head, spool)
         try:
             commands, capabilities = pktline.parse_commands(head)
         except ValueError:
             raise HttpError(400, "the receive-pack request is not pkt-line commands") from None
         side_band = "side-band-64k" in capabilities
         rules = await self._rules(push, ws, commands)
+        if policy.needs_token(rules, [c.ref for c in commands]):
+            raise HttpError(
+                401,
+                "authentication required: push with a NIP-98 token (for stock git: "
+                "`relay git-credential` as credential helper), or publish a kind 30618 "
+                "signed by a maintainer naming these refs first",
+                [nip98.CHALLENGE],
+            )
         decide = partial(policy.evaluate, rules)
         async with hook_server(ws.path, decide) as hooks:
             result = await run_git(
@@ -111,7 +121,12 @@ class Receiver:
             return
         fits = partial(self._state_fits, push.route.repo_id, push.actor)
         wanted = rules.state.head if rules.state is not None else None
-        staged = await stage(self.objects, ws, self.limits, self.cache, accept=fits, head=wanted)
+        try:
+            staged = await stage(
+                self.objects, ws, self.limits, self.cache, accept=fits, head=wanted
+            )
+        except ResourceLimit as exc:
+            staged = Refused(str(exc))
         if isinstance(staged, Refused):
             stdout = pktline.refuse_all(stdout, commands, side_band, staged.reason)
         outcome: Published | Conflict | None = None
@@ -122,11 +137,7 @@ class Receiver:
             if isinstance(staged, Staged):
                 outcome = await commit(self.objects, staged, push.pointer_key, ws.token)
             if isinstance(outcome, Conflict):
-                raise HttpError(
-                    409,
-                    "push rejected: the repository changed while you pushed; "
-                    "fetch, merge or rebase, and push again",
-                )
+                stdout = pktline.refuse_all(stdout, commands, side_band, RACE_LOST)
             await respond(stream, 200, stdout, RESULT_TYPE, NO_CACHE)
         if isinstance(outcome, Published) and outcome.digest != ws.digest:
             await self._announce_state(push)
@@ -187,6 +198,23 @@ class Receiver:
             )  # fmt: skip
 
 
-def _read_head(path: Path) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read(HEAD_BYTES)
+def refusal_report(head: bytes, reason: str) -> bytes | None:
+    """git's report-status refusing every command of a receive-pack request whose body
+    starts with `head`, with `reason`; None when no command can be read from it (then an
+    HTTP status is all there is to answer with)."""
+    try:
+        commands, capabilities = pktline.parse_commands(head)
+    except ValueError:
+        return None
+    if not commands:
+        return None
+    return pktline.refuse_all(b"", commands, "side-band-64k" in capabilities, reason)
+
+
+def read_head(path: Path) -> bytes:
+    """The start of a spooled body (where the commands are); empty when there is none."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(HEAD_BYTES)
+    except FileNotFoundError:
+        return b""

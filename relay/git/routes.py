@@ -9,6 +9,7 @@ needs is in the GitRoute; anything else is an HttpError with the status to answe
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
@@ -22,6 +23,22 @@ SERVICES = (UPLOAD_PACK, RECEIVE_PACK)
 ADVERTISEMENT = "info/refs"
 # The metrics label of a request whose route did not parse: labels stay a closed set.
 UNKNOWN_SERVICE = "unknown"
+
+
+# What git may ask for in the Git-Protocol header (`version=2`, `:`-separated key=value
+# pairs): passed to git as GIT_PROTOCOL, which git itself parses; anything else is dropped.
+_PROTOCOL = re.compile(r"^[A-Za-z0-9=:._-]{1,256}$")
+
+
+def git_protocol(header: str) -> str | None:
+    """The Git-Protocol request header as GIT_PROTOCOL for git, or None when absent or
+    not the shape git sends."""
+    value = header.strip()
+    return value if _PROTOCOL.fullmatch(value) else None
+
+
+def wants_v2(protocol: str | None) -> bool:
+    return protocol is not None and "version=2" in protocol.split(":")
 
 
 @dataclass(frozen=True, slots=True)

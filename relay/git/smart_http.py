@@ -24,8 +24,9 @@ from relay.git import model, nip98, pktline
 from relay.git.maintainers import HostedRepo, Repos
 from relay.git.objectstore import StoreError
 from relay.git.packcache import PackCache
-from relay.git.receive import NO_CACHE, Push, Receiver
-from relay.git.routes import GitRoute, parse_route, service_label
+from relay.git.push import pack_too_large
+from relay.git.receive import NO_CACHE, RESULT_TYPE, Push, Receiver, read_head, refusal_report
+from relay.git.routes import GitRoute, git_protocol, parse_route, service_label, wants_v2
 from relay.git.workspace import (
     SERVE_OPTIONS,
     GitFailed,
@@ -39,8 +40,10 @@ from relay.git.workspace import (
     scratch_dir,
 )
 from relay.http import (
+    BodyTooLarge,
     HttpError,
     Request,
+    discard_body,
     read_decoded_body,
     refuse,
     respond,
@@ -150,7 +153,7 @@ class GitService:
                 window=self.auth_window,
             )
         except nip98.Unauthorized as exc:
-            raise HttpError(401, str(exc), [("WWW-Authenticate", 'Nostr realm="git"')]) from None
+            raise HttpError(401, str(exc), [nip98.CHALLENGE]) from None
 
     async def _repo(self, community_id: int, route: GitRoute) -> HostedRepo:
         """The hosted repository of the route: reachable under the npub of every member of
@@ -181,21 +184,42 @@ class GitService:
                 if route.advertise:
                     pass
                 elif route.is_push:
-                    limit = self.limits.max_pack_bytes + MAX_UPLOAD_REQUEST_BYTES
-                    await spool_decoded_body(stream, request, spool, limit)
+                    if not await self._spool_push(stream, request, spool):
+                        return
                 else:
                     body = await read_decoded_body(stream, request, MAX_UPLOAD_REQUEST_BYTES)
             if reading.cancelled_caught:
                 raise HttpError(408, "the request body did not arrive in time")
             async with self._slot():
                 ws = await hydrate_into(bare, self.objects, key, self.limits, self.cache)
+                protocol = git_protocol(request.header("git-protocol"))
                 if route.advertise:
-                    await self._advertise(stream, ws, route.service, request.method == "HEAD")
+                    await self._advertise(
+                        stream, ws, route.service, protocol, head_only=request.method == "HEAD"
+                    )
                 elif route.is_push:
                     push = Push(route, community_id, key, pusher, repo)
                     await self.receiver.receive(stream, ws, spool, push)
                 else:
-                    await self._upload_pack(stream, ws, body)
+                    await self._upload_pack(stream, ws, body, protocol)
+
+    async def _spool_push(self, stream: trio.SocketStream, request: Request, spool: Path) -> bool:
+        """The push body into `spool`; False when it was over the limit and that was
+        answered the way git prints it (a report-status refusing every ref). Either way the
+        rest of the body is read and dropped first (up to the limit again), so the client
+        reads the answer; a body without commands gets HTTP 413."""
+        limit = self.limits.max_pack_bytes + MAX_UPLOAD_REQUEST_BYTES
+        try:
+            await spool_decoded_body(stream, request, spool, limit)
+            return True
+        except BodyTooLarge:
+            drained = await discard_body(stream, request, limit)
+            head = await trio.to_thread.run_sync(read_head, spool)
+            report = refusal_report(head, pack_too_large(self.limits))
+            if report is None or not drained:
+                raise
+        await respond(stream, 200, report, RESULT_TYPE, NO_CACHE)
+        return False
 
     @asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
@@ -216,27 +240,38 @@ class GitService:
     # -- reads ------------------------------------------------------------------------------
 
     async def _advertise(
-        self, stream: trio.SocketStream, ws: Workspace, service: str, head_only: bool
+        self,
+        stream: trio.SocketStream,
+        ws: Workspace,
+        service: str,
+        protocol: str | None,
+        *,
+        head_only: bool,
     ) -> None:
+        """The ref advertisement; for protocol v2 (asked in Git-Protocol) git's capability
+        advertisement, which comes without the `# service=` line, as git http-backend does."""
         result = await run_git(
             [service.removeprefix("git-"), "--stateless-rpc", "--advertise-refs", str(ws.path)],
             home=ws.path,
             timeout=self.limits.timeout_seconds,
+            env=_protocol_env(protocol),
         )
-        body = advertisement(service, result.stdout)
+        body = result.stdout if wants_v2(protocol) else advertisement(service, result.stdout)
         await respond(
             stream, 200, body, f"application/x-{service}-advertisement", NO_CACHE,
             send_body=not head_only,
         )  # fmt: skip
 
-    async def _upload_pack(self, stream: trio.SocketStream, ws: Workspace, body: bytes) -> None:
+    async def _upload_pack(
+        self, stream: trio.SocketStream, ws: Workspace, body: bytes, protocol: str | None
+    ) -> None:
         command = ["git", *SERVE_OPTIONS, "upload-pack", "--stateless-rpc", str(ws.path)]
         process = await trio.lowlevel.open_process(
             command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            env=git_env(ws.path),
+            env=git_env(ws.path, _protocol_env(protocol)),
             cwd=ws.path,
         )
         try:
@@ -260,6 +295,10 @@ class GitService:
                 process.kill()
                 with trio.CancelScope(shield=True):
                     await process.wait()
+
+
+def _protocol_env(protocol: str | None) -> dict[str, str] | None:
+    return {"GIT_PROTOCOL": protocol} if protocol else None
 
 
 async def _feed(process: trio.Process, body: bytes) -> None:

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 SERVE_OPTIONS = (
     "-c", "uploadpack.allowTipSHA1InWant=true",
     "-c", "uploadpack.allowReachableSHA1InWant=true",
+    # Partial clone (`--filter=blob:none`, `tree:0`, ...), and the branch HEAD names in an
+    # empty repository told to protocol v2 clients (so their clone checks it out).
+    "-c", "uploadpack.allowFilter=true",
+    "-c", "lsrefs.unborn=advertise",
     "-c", "receive.fsckObjects=true",
     "-c", "core.logAllRefUpdates=false",
     "-c", "gc.auto=0",

@@ -13,6 +13,7 @@ from relay.http import (
     BadGzip,
     BodyTooLarge,
     HttpError,
+    discard_body,
     read_body,
     read_decoded_body,
     read_request,
@@ -159,3 +160,22 @@ async def test_a_refusal_carries_status_headers_and_message() -> None:
     assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
     assert b"Retry-After: 5" in head and b"Connection: close" in head
     assert body == b"busy\n"
+
+
+async def test_the_rest_of_a_body_is_dropped_within_a_bound() -> None:
+    raw = post(b"x" * 100)
+    stream = await sent(raw)
+    request = await read_request(stream)
+    assert request is not None
+    with pytest.raises(BodyTooLarge):
+        await read_body(stream, request, 10, _ignore)
+    assert await discard_body(stream, request, 100) is True
+    assert await discard_body(stream, request, 100) is True  # nothing left: at once
+    stream = await sent(raw)
+    request = await read_request(stream)
+    assert request is not None
+    assert await discard_body(stream, request, 50) is False
+
+
+async def _ignore(chunk: bytes) -> None:
+    pass
