@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import io
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -82,6 +84,30 @@ class Request:
     headers: dict[str, str]
     raw: bytes  # every byte read from the socket so far
     conn: h11.Connection | None  # None once `hand_over` gave the bytes away
+    # The client allows another request on the connection (HTTP/1.1 without Connection:
+    # close) and the server is willing; `reusable` also asks that the body was all read.
+    persistent: bool = False
+    # Whether the answer said `Connection: keep-alive` (the connection then serves the next).
+    kept_alive: bool = False
+
+    def reusable(self) -> bool:
+        """Whether the connection can serve another request after the answer to this one:
+        persistent, and the whole body read (a body nobody read is never skipped over)."""
+        conn = self.conn
+        if not self.persistent or conn is None:
+            return False
+        if conn.their_state is h11.SEND_BODY:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError:
+                return False
+            if not isinstance(event, h11.EndOfMessage):
+                return False
+        return conn.their_state is h11.DONE
+
+    def leftover(self) -> bytes:
+        """Bytes the client sent after this request (the start of its next one)."""
+        return bytes(self.conn.trailing_data[0]) if self.conn is not None else b""
 
     def hand_over(self) -> bytes:
         """Every byte read so far, for a protocol that takes over the connection (a
@@ -112,10 +138,17 @@ class Request:
         return self.header("upgrade").lower() == "websocket"
 
 
-async def read_request(stream: trio.abc.Stream) -> Request | None:
-    """The next request head, or None if the peer closed before sending one."""
+async def read_request(
+    stream: trio.abc.Stream, leftover: bytes = b"", *, idle: bool = False
+) -> Request | None:
+    """The next request head, or None if the peer closed before sending one. `leftover`
+    is what the client sent after its previous request on the connection; `idle` says the
+    connection is between requests (kept alive), so a client that sends nothing within
+    HEAD_TIMEOUT_SECONDS is let go without a 408."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-    raw = bytearray()
+    raw = bytearray(leftover)
+    if leftover:
+        conn.receive_data(leftover)
     with trio.move_on_after(HEAD_TIMEOUT_SECONDS) as timeout:
         while True:
             try:
@@ -132,12 +165,14 @@ async def read_request(stream: trio.abc.Stream) -> Request | None:
                     key = name.decode("latin-1").lower()
                     text = value.decode("latin-1")
                     headers[key] = f"{headers[key]}, {text}" if key in headers else text
+                tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
                 return Request(
                     method=event.method.decode("ascii"),
                     target=event.target.decode("latin-1"),
                     headers=headers,
                     raw=bytes(raw),
                     conn=conn,
+                    persistent=event.http_version == b"1.1" and "close" not in tokens,
                 )
             if event is h11.NEED_DATA:
                 data = await stream.receive_some(RECEIVE_CHUNK)
@@ -147,9 +182,32 @@ async def read_request(stream: trio.abc.Stream) -> Request | None:
                 conn.receive_data(bytes(data))
             else:
                 return None
-    if timeout.cancelled_caught:
+    if timeout.cancelled_caught and not (idle and not raw):
         raise HttpError(408, "request head not received in time")
     return None
+
+
+# The request the current task is answering (set by the listener for each request): its
+# answer says `Connection: keep-alive` only when the connection can serve another.
+_answering: ContextVar[Request | None] = ContextVar("answering", default=None)
+
+
+@contextmanager
+def answering(request: Request) -> Iterator[None]:
+    """Responses sent inside the block answer `request`."""
+    token = _answering.set(request)
+    try:
+        yield
+    finally:
+        _answering.reset(token)
+
+
+def _connection() -> str:
+    request = _answering.get()
+    if request is not None and not request.kept_alive and request.reusable():
+        request.kept_alive = True
+        return "keep-alive"
+    return "close"
 
 
 def response_head(status: int, headers: list[tuple[str, str]]) -> bytes:
@@ -171,12 +229,13 @@ async def respond(
     *,
     send_body: bool = True,
 ) -> None:
-    """Send a complete response; the connection is closed after it (one request each).
+    """Send a complete response (the connection is kept for the next request when the
+    request being answered allows it: see `answering`).
     Without `send_body` (an answer to HEAD) the head says the length the body would have."""
     framing = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
     if status == 204:  # a preflight's answer: no body, and nothing said of one (RFC 9110 8.6)
         framing = []
-    headers = [*framing, ("Connection", "close"), *(extra_headers or [])]
+    headers = [*framing, ("Connection", _connection()), *(extra_headers or [])]
     await stream.send_all(response_head(status, headers) + (body if send_body else b""))
 
 
@@ -310,11 +369,11 @@ async def send_chunked(
     chunks: AsyncIterator[bytes],
     extra_headers: list[tuple[str, str]] | None = None,
 ) -> None:
-    """Stream a response body with chunked transfer encoding, then close."""
+    """Stream a response body with chunked transfer encoding."""
     headers = [
         ("Content-Type", content_type),
         ("Transfer-Encoding", "chunked"),
-        ("Connection", "close"),
+        ("Connection", _connection()),
         *(extra_headers or []),
     ]
     await stream.send_all(response_head(status, headers))

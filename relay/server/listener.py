@@ -21,6 +21,7 @@ from relay.http import (
     PREFLIGHT_MAX_AGE_SECONDS,
     HttpError,
     Request,
+    answering,
     read_request,
     refuse,
     respond,
@@ -42,14 +43,27 @@ NIP11_TYPE = "application/nostr+json"
 # (TCP then holds the client back); at most this many times RELAY_MAX_MESSAGE_BYTES.
 QUEUED_MESSAGES = 16
 HANDSHAKE_SECONDS = 10.0
+# Requests one connection may make before it is closed (keep-alive; git makes two or three).
+MAX_REQUESTS_PER_CONNECTION = 100
 PREFLIGHT_HEADERS = [("Access-Control-Max-Age", str(PREFLIGHT_MAX_AGE_SECONDS))]
 
 
 async def handle_stream(relay: Relay, stream: trio.SocketStream) -> None:
+    """Serve the connection's requests in turn: HTTP/1.1 keep-alive, up to
+    MAX_REQUESTS_PER_CONNECTION, while each answer says the connection can go on (a body
+    read whole, no `Connection: close`); a websocket upgrade takes it over for good."""
     try:
-        request = await read_request(stream)
-        if request is not None:
-            await route(relay, stream, request)
+        leftover = b""
+        for served in range(MAX_REQUESTS_PER_CONNECTION):
+            request = await read_request(stream, leftover, idle=served > 0)
+            if request is None:
+                break
+            request.persistent &= served + 1 < MAX_REQUESTS_PER_CONNECTION
+            with answering(request):
+                await route(relay, stream, request)
+            if not request.kept_alive:
+                break
+            leftover = request.leftover()
     except HttpError as exc:
         await _try_respond(stream, exc)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -100,6 +114,7 @@ async def route(relay: Relay, stream: trio.SocketStream, request: Request) -> No
         await respond(stream, 404, b"not found\n")
         return
     if request.wants_websocket:
+        request.persistent = False  # taken over, or refused: never a next request
         if relay.shutdown.is_set():
             await respond(stream, 503, b"shutting down\n", extra_headers=[("Retry-After", "1")])
             return
