@@ -17,20 +17,36 @@
    process, a free 127.0.0.1 port, one `git http-backend` process per request) whose project
    root is a temporary directory of bare repositories. Those repositories get the same git
    options the relay runs receive-pack and upload-pack with (`relay.git.workspace.
-   SERVE_OPTIONS`, among them `receive.fsckObjects=true`) and `http.receivepack=true`.
+   SERVE_OPTIONS`, among them `receive.fsckObjects=true`, `uploadpack.allowFilter=true`
+   and `lsrefs.unborn=advertise`) and `http.receivepack=true`.
 4. Then, `--runs` times, for the relay and for http-backend in turn, each on a new empty
    repository (a new kind 30617 announcement on the relay, a new `git init --bare` for
-   http-backend):
+   http-backend), these steps in this order:
    - push: `git push URL main:main` of the whole repository from the generated bare repo
-     (to the relay with a NIP-98 token in `http.extraHeader`);
-   - clone: `git clone -q URL` into a new directory (with checkout), and its HEAD is checked
-     against the generated head;
+     (to the relay with a NIP-98 token in `http.extraHeader`); pushes are protocol v0
+     whatever `protocol.version` says (git has no v2 receive-pack);
+   - clone: `git -c protocol.version=0 clone -q URL` into a new directory (with checkout;
+     2 requests: info/refs, upload-pack); this v0 row is the one `bench.targets` compares;
+   - clone_v2: the same with `-c protocol.version=2`, git 2.39's own default (3 requests:
+     the capabilities, ls-refs, fetch);
+   - clone_v2_blob_none: a partial clone, `-c protocol.version=2 clone -q
+     --filter=blob:none URL`; its time is the whole `git clone`, which includes the fetch
+     the checkout makes for the blobs of the head's tree (2 more requests, 5 in all);
    - second push: one new commit on top (one line of one file changed, fixed dates) made in
-     that clone and pushed to its origin (then checked with `git ls-remote`, untimed).
+     the v0 clone and pushed to its origin (then checked with `git ls-remote`, untimed).
+   Every clone's HEAD is checked against the generated head, and the partial clone must
+   hold fewer objects than the repository (the server honoured the filter). In run 1, after
+   the push, `git ls-remote` with `GIT_TRACE_PACKET` (untimed) checks that each server
+   answers protocol v0 when asked for v0 and v2 when asked for v2.
    Each step is the wall time of the git client command, which includes the client's own
    work (pack-objects for push; index-pack and checkout for clone).
 
-Reports the median of the runs for each step and the ratios relay / http-backend.
+Reports the load average at the start and the end, the median of the runs for each step
+and the ratios relay / http-backend (with `--json`, also min, max and every run).
+
+The bridge hands http-backend the request's `Git-Protocol` header as `HTTP_GIT_PROTOCOL`
+and as `GIT_PROTOCOL`, as a web server set up by git's documentation does; the clients
+have no system or global config, so only the `-c` options above choose the protocol.
 
 Safety: everything listens on and talks to 127.0.0.1 only; every git command has a timeout
 (`--timeout`), every wait loop has a deadline, `--commits`, `--files` and `--runs` are
@@ -93,7 +109,21 @@ IDENTITY = {
     "GIT_COMMITTER_EMAIL": "bench@example.invalid",
 }
 PERSON = f"{IDENTITY['GIT_AUTHOR_NAME']} <{IDENTITY['GIT_AUTHOR_EMAIL']}>"
-STEPS = ("push", "clone", "push_one_commit")
+# The clones of each run, in this order: step name -> (protocol.version, extra options).
+# "clone" (protocol v0) is the row bench.targets compares.
+CLONES: dict[str, tuple[int, tuple[str, ...]]] = {
+    "clone": (0, ()),
+    "clone_v2": (2, ()),
+    "clone_v2_blob_none": (2, ("--filter=blob:none",)),
+}
+STEPS = ("push", *CLONES, "push_one_commit")
+STEP_LABELS = {
+    "push": "push (whole repo)",
+    "clone": "clone, v0",
+    "clone_v2": "clone, v2",
+    "clone_v2_blob_none": "clone, v2, blob:none",
+    "push_one_commit": "push one commit",
+}
 TARGETS = ("relay", "http_backend")
 
 
@@ -129,10 +159,13 @@ class GitClient:
         auth: str | None = None,
         stdin: IO[bytes] | None = None,
         env: dict[str, str] | None = None,
+        config: Sequence[str] = (),
     ) -> subprocess.CompletedProcess[bytes]:
         options = ["-c", "init.defaultBranch=main"]
         if auth is not None:
             options += ["-c", f"http.extraHeader=Authorization: {auth}"]
+        for setting in config:
+            options += ["-c", setting]
         command = ["git", *options, *args]
         try:
             result = subprocess.run(
@@ -154,9 +187,15 @@ class GitClient:
             )
         return result
 
-    def timed(self, *args: str, cwd: Path | None = None, auth: str | None = None) -> float:
+    def timed(
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        auth: str | None = None,
+        config: Sequence[str] = (),
+    ) -> float:
         start = time.perf_counter()
-        self.run(*args, cwd=cwd, auth=auth)
+        self.run(*args, cwd=cwd, auth=auth, config=config)
         return time.perf_counter() - start
 
     def out(self, *args: str, cwd: Path | None = None) -> str:
@@ -434,6 +473,10 @@ class CgiBridgeHandler(http.server.BaseHTTPRequestHandler):
             value = self.headers.get(header)
             if value:
                 env[variable] = value
+        if "HTTP_GIT_PROTOCOL" in env:
+            # What git's docs ask of a web server (Apache: `SetEnvIf Git-Protocol ".*"
+            # GIT_PROTOCOL=$0`); git >= 2.34 also reads HTTP_GIT_PROTOCOL itself.
+            env["GIT_PROTOCOL"] = env["HTTP_GIT_PROTOCOL"]
         process = subprocess.Popen(
             ["git", "http-backend"],
             env=env,
@@ -517,6 +560,7 @@ class Results:
     )
     relay_stored_bytes: int | None = None
     backend_repo_bytes: int | None = None
+    partial_clone_objects: dict[str, int] = field(default_factory=dict)
 
 
 def one_commit_on_top(git: GitClient, clone: Path) -> None:
@@ -529,6 +573,23 @@ def one_commit_on_top(git: GitClient, clone: Path) -> None:
         "commit", "-q", "-a", "-m", "second push",
         cwd=clone, env={"GIT_AUTHOR_DATE": when, "GIT_COMMITTER_DATE": when},
     )  # fmt: skip
+
+
+def negotiated_protocol(git: GitClient, url: str, version: int) -> int:
+    """The protocol version a server answers `ls-remote` with when asked for `version`."""
+    result = git.run(
+        "ls-remote", url, "HEAD",
+        config=[f"protocol.version={version}"], env={"GIT_TRACE_PACKET": "1"},
+    )  # fmt: skip
+    trace = result.stderr.decode("utf-8", "replace").splitlines()
+    return 2 if any(line.endswith("< version 2") for line in trace) else 0
+
+
+def object_count(git: GitClient, repo: Path) -> int:
+    counts = dict(
+        line.split(": ", 1) for line in git.out("count-objects", "-v", cwd=repo).splitlines()
+    )
+    return int(counts["count"]) + int(counts["in-pack"])
 
 
 def measure_run(
@@ -563,12 +624,32 @@ def measure_run(
         times = results.times[target]
         push_s = git.timed("push", "-q", url, "main:main", cwd=source.path, auth=auth())
         times["push"].append(push_s)
-        clone = work / f"clone-{target}-{run}"
-        clone_s = git.timed("clone", "-q", url, str(clone))
-        times["clone"].append(clone_s)
-        head = git.out("rev-parse", "HEAD", cwd=clone)
-        if head != source.head:
-            raise BenchError(f"{target}: the clone's HEAD is {head}, expected {source.head}")
+        if run == 0:
+            # Untimed: the server answers each protocol version in that version.
+            for version in (0, 2):
+                answered = negotiated_protocol(git, url, version)
+                if answered != version:
+                    raise BenchError(f"{target} answered protocol v{answered} to v{version}")
+        clones: dict[str, Path] = {}
+        for step, (version, extra) in CLONES.items():
+            clone = work / f"{step}-{target}-{run}"
+            clone_s = git.timed(
+                "clone", "-q", *extra, url, str(clone), config=[f"protocol.version={version}"]
+            )
+            times[step].append(clone_s)
+            clones[step] = clone
+            head = git.out("rev-parse", "HEAD", cwd=clone)
+            if head != source.head:
+                raise BenchError(
+                    f"{target} {step}: the clone's HEAD is {head}, expected {source.head}"
+                )
+        # The partial clone holds less than everything (the server honoured the filter).
+        partial = object_count(git, clones["clone_v2_blob_none"])
+        if partial >= source.objects:
+            raise BenchError(f"{target}: the blob:none clone holds all {partial} objects")
+        if run == 0:
+            results.partial_clone_objects[target] = partial
+        clone = clones["clone"]
         one_commit_on_top(git, clone)
         again_s = git.timed("push", "-q", "origin", "main", cwd=clone, auth=auth())
         times["push_one_commit"].append(again_s)
@@ -580,10 +661,11 @@ def measure_run(
             results.relay_stored_bytes = directory_bytes(relay.data_dir / "objects")
         if run == 0 and target == "http_backend":
             results.backend_repo_bytes = directory_bytes(backend_root / f"{name}.git" / "objects")
-        shutil.rmtree(clone, ignore_errors=True)
+        for path in clones.values():
+            shutil.rmtree(path, ignore_errors=True)
         log(
-            f"run {run + 1} {target}: push {push_s:.2f} s, clone {clone_s:.2f} s, "
-            f"push one commit {again_s:.2f} s"
+            f"run {run + 1} {target}: "
+            + "; ".join(f"{STEP_LABELS[step]} {times[step][-1]:.2f} s" for step in STEPS)
         )
 
 
@@ -596,13 +678,18 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
 
 
 def make_report(
-    args: argparse.Namespace, source: SourceRepo, results: Results, git_version: str
+    args: argparse.Namespace,
+    source: SourceRepo,
+    results: Results,
+    git_version: str,
+    load: dict[str, list[float]],
 ) -> dict[str, Any]:
     steps: dict[str, Any] = {}
     for step in STEPS:
         relay = results.times["relay"][step]
         backend = results.times["http_backend"][step]
         entry: dict[str, Any] = {
+            "label": STEP_LABELS[step],
             "relay": summarize(relay) | {"runs_s": [round(v, 3) for v in relay]},
             "http_backend": summarize(backend) | {"runs_s": [round(v, 3) for v in backend]},
         }
@@ -614,6 +701,7 @@ def make_report(
         "benchmark": "git_clone_push",
         "git": git_version,
         "runs": args.runs,
+        "load_average": load,
         "repository": {
             "commits": source.commits,
             "files": source.files,
@@ -627,6 +715,7 @@ def make_report(
         },
         "relay_object_store_bytes_after_run_1": results.relay_stored_bytes,
         "http_backend_objects_bytes_after_run_1": results.backend_repo_bytes,
+        "blob_none_clone_objects_run_1": results.partial_clone_objects,
         "steps": steps,
     }
 
@@ -638,11 +727,13 @@ def report_lines(report: dict[str, Any]) -> list[str]:
         f"objects, pack {repo['pack_bytes'] / 1e6:.1f} MB, worktree "
         f"{repo['worktree_bytes'] / 1e6:.1f} MB (fast-import {repo['fast_import_s']} s, "
         f"repack {repo['repack_s']} s)",
+        f"load average (1, 5, 15 min) at the start {report['load_average']['start']}, "
+        f"at the end {report['load_average']['end']}",
         f"medians of {report['runs']} runs ({report['git']}):",
     ]
-    for step, entry in report["steps"].items():
+    for entry in report["steps"].values():
         lines.append(
-            f"  {step:16s} relay {entry['relay']['median_s']:7.2f} s   "
+            f"  {entry['label']:21s} relay {entry['relay']['median_s']:7.2f} s   "
             f"http-backend {entry['http_backend']['median_s']:7.2f} s   "
             f"ratio {entry['ratio_relay_over_http_backend']:.2f}x"
         )
@@ -687,8 +778,10 @@ def run(args: argparse.Namespace) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr if args.json else sys.stdout, flush=True)
 
+    load = {"start": [round(v, 2) for v in os.getloadavg()]}
     work = Path(tempfile.mkdtemp(prefix="bench-git-"))
     try:
+        log(f"load average (1, 5, 15 min): {load['start']}")
         git = GitClient(work / "home", args.timeout)
         git_version = git.out("--version")
         log(f"generating {args.commits} commits over {args.files} files in {work} ...")
@@ -718,7 +811,8 @@ def run(args: argparse.Namespace) -> int:
         backend_errors = (work / "http-backend.log").read_text(errors="replace").strip()
         if backend_errors:
             log("git http-backend wrote to stderr:\n" + backend_errors[-2000:])
-        report = make_report(args, source, results, git_version)
+        load["end"] = [round(v, 2) for v in os.getloadavg()]
+        report = make_report(args, source, results, git_version, load)
         lines = report_lines(report)
         for line in lines:
             log(line)
