@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -114,6 +115,21 @@ def _hosts(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(hosts))
 
 
+def _networks(value: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """Comma-separated IPv4 and IPv6 networks (CIDR); a bare address is a network of one."""
+    networks = []
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        try:
+            networks.append(ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ValueError(
+                f"{item.strip()!r} is not an IP address or network (CIDR, e.g. 10.0.0.0/8)"
+            ) from None
+    return tuple(networks)
+
+
 def _secret_key(value: str) -> str | None:
     if not value:
         return None
@@ -215,6 +231,13 @@ SETTINGS: tuple[Setting, ...] = (
             "new websocket connections per second per IP", _float_in(0.01, 1e6)),
     Setting("RELAY_RATE_CONNECTIONS_BURST", "rate_connections_burst", "100",
             "connection burst", _int_in(1, 10_000_000)),
+    Setting("RELAY_RATE_LIMIT_LOOPBACK", "rate_limit_loopback", "off",
+            "rate-limit loopback clients (127.0.0.0/8, ::1) too; off exempts them (on or off)",
+            _bool),
+    Setting("RELAY_TRUSTED_PROXIES", "trusted_proxies", "",
+            "comma-separated networks (CIDR) of reverse proxies whose Forwarded,"
+            " X-Forwarded-For or X-Real-IP header names the client; empty trusts none",
+            _networks),
     Setting("RELAY_S3_ENDPOINT", "s3_endpoint", "",
             "S3 endpoint URL for git objects; empty keeps them under the data directory",
             _url("http", "https")),
@@ -319,6 +342,8 @@ class Settings:
     rate_reqs_burst: int
     rate_connections_per_second: float
     rate_connections_burst: int
+    rate_limit_loopback: bool
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...]
     s3_endpoint: str | None
     s3_bucket: str | None
     s3_region: str

@@ -28,7 +28,9 @@ from relay.http import (
 )
 from relay.metrics import CONTENT_TYPE as METRICS_TYPE
 from relay.protocol.hosts import normalize_host
+from relay.server.clientaddr import ClientAddress, resolve_client
 from relay.server.nip11 import information_document
+from relay.server.ratelimit import rate_limited
 from relay.server.upgrade import check_upgrade
 from relay.server.websocket import ClientConnection
 from relay.server.wsstream import CLOSE_HANDSHAKE_SECONDS, RECEIVE_BYTES, WebSocketStream
@@ -46,12 +48,16 @@ HANDSHAKE_SECONDS = 10.0
 # Requests one connection may make before it is closed (keep-alive; git makes two or three).
 MAX_REQUESTS_PER_CONNECTION = 100
 PREFLIGHT_HEADERS = [("Access-Control-Max-Age", str(PREFLIGHT_MAX_AGE_SECONDS))]
+# A proxy the relay was not told about sends its headers on every request: warn once.
+_untrusted_proxy_warned = False
 
 
 async def handle_stream(relay: Relay, stream: trio.SocketStream) -> None:
     """Serve the connection's requests in turn: HTTP/1.1 keep-alive, up to
     MAX_REQUESTS_PER_CONNECTION, while each answer says the connection can go on (a body
     read whole, no `Connection: close`); a websocket upgrade takes it over for good."""
+    peer = peer_ip(stream)
+    client = ClientAddress(ip=peer)
     try:
         leftover = b""
         for served in range(MAX_REQUESTS_PER_CONNECTION):
@@ -59,8 +65,10 @@ async def handle_stream(relay: Relay, stream: trio.SocketStream) -> None:
             if request is None:
                 break
             request.persistent &= served + 1 < MAX_REQUESTS_PER_CONNECTION
+            # Per request: a proxy may send several clients' requests on one connection.
+            client = client_address(relay, peer, request)
             with answering(request):
-                await route(relay, stream, request)
+                await route(relay, stream, request, client)
             if not request.kept_alive:
                 break
             leftover = request.leftover()
@@ -70,16 +78,39 @@ async def handle_stream(relay: Relay, stream: trio.SocketStream) -> None:
         pass
     except Exception:
         # One connection's failure must never take the listener down with it.
-        log.exception("connection handler failed")
+        log.exception("connection handler failed (client %s)", client.ip)
     finally:
         await stream.aclose()
 
 
 def peer_ip(stream: trio.SocketStream) -> str:
+    """The TCP peer's address; behind a proxy, the proxy's (see `client_address`)."""
     try:
         return str(stream.socket.getpeername()[0])
     except OSError:
         return "unknown"
+
+
+def client_address(relay: Relay, peer: str, request: Request) -> ClientAddress:
+    """Whom `request` comes from, as rate limits count and logs name it: the peer, or the
+    client a proxy in RELAY_TRUSTED_PROXIES names (relay.server.clientaddr)."""
+    client = resolve_client(peer, request.headers, relay.settings.trusted_proxies)
+    if client.untrusted_proxy:
+        _warn_untrusted_proxy(peer, client.ignored)
+    return client
+
+
+def _warn_untrusted_proxy(peer: str, header: str | None) -> None:
+    global _untrusted_proxy_warned
+    if _untrusted_proxy_warned:
+        return
+    _untrusted_proxy_warned = True
+    log.warning(
+        "a request from %s carried a %s header, ignored: %s is not in RELAY_TRUSTED_PROXIES."
+        " If it is a reverse proxy, list its address or network there; until then every"
+        " client it forwards has its address and they share one rate limit (logged once)",
+        peer, header, peer,
+    )  # fmt: skip
 
 
 async def _try_respond(stream: trio.abc.Stream, refusal: HttpError) -> None:
@@ -87,7 +118,9 @@ async def _try_respond(stream: trio.abc.Stream, refusal: HttpError) -> None:
         await refuse(stream, refusal)
 
 
-async def route(relay: Relay, stream: trio.SocketStream, request: Request) -> None:
+async def route(
+    relay: Relay, stream: trio.SocketStream, request: Request, client: ClientAddress
+) -> None:
     if request.path == "/healthz" and request.method == "GET":
         await respond(stream, 200, b"ok\n")
         return
@@ -118,10 +151,11 @@ async def route(relay: Relay, stream: trio.SocketStream, request: Request) -> No
         if relay.shutdown.is_set():
             await respond(stream, 503, b"shutting down\n", extra_headers=[("Retry-After", "1")])
             return
-        if not await relay.limiter.allow("connect", peer_ip(stream)):
+        limited = rate_limited(client, relay.settings.rate_limit_loopback)
+        if limited and not await relay.limiter.allow("connect", client.ip):
             await respond(stream, 429, b"rate-limited: too many new connections\n")
             return
-        await serve_websocket(relay, stream, request, community_id, host)
+        await serve_websocket(relay, stream, request, community_id, host, client)
     elif request.method in ("GET", "HEAD") and NIP11_TYPE in request.header("accept"):
         doc = information_document(relay.settings, relay.pubkey)
         doc.update(relay.settings.rate.nip11())
@@ -136,7 +170,12 @@ async def route(relay: Relay, stream: trio.SocketStream, request: Request) -> No
 
 
 async def serve_websocket(
-    relay: Relay, stream: trio.SocketStream, request: Request, community_id: int, host: str
+    relay: Relay,
+    stream: trio.SocketStream,
+    request: Request,
+    community_id: int,
+    host: str,
+    address: ClientAddress,
 ) -> None:
     try:
         frames = check_upgrade(request)
@@ -159,7 +198,10 @@ async def serve_websocket(
                 ws = await ws_request.accept()
             try:
                 if ws is not None:
-                    client = ClientConnection(relay, ws, wire, community_id, host, peer_ip(stream))
+                    client = ClientConnection(
+                        relay, ws, wire, community_id, host, address.ip,
+                        rate_limited=rate_limited(address, relay.settings.rate_limit_loopback),
+                    )  # fmt: skip
                     await client.run()
             finally:
                 with trio.move_on_after(2 * CLOSE_HANDSHAKE_SECONDS) as closing:

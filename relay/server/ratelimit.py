@@ -1,6 +1,12 @@
-"""Rate limits: token buckets per IP and per authenticated pubkey, for EVENT, REQ and new
-connections. With Redis they are shared by every pod as fixed-window counters; if Redis
-does not answer, each pod falls back to its own buckets rather than refusing everyone.
+"""Rate limits: token buckets per client address and per authenticated pubkey, for EVENT,
+REQ and new connections. With Redis they are shared by every pod as fixed-window counters;
+if Redis does not answer, each pod falls back to its own buckets rather than refusing
+everyone.
+
+The client address is the TCP peer's, or the one a trusted proxy names
+(relay.server.clientaddr). Loopback clients are not limited unless
+RELAY_RATE_LIMIT_LOOPBACK is on: on the relay's own host they are a developer's tools or a
+test suite, and a proxy on that host is never one (its clients are named by its headers).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from trio_asyncio import aio_as_trio
 
 from relay.protocol.limits import Rate, RateLimits
 from relay.pubsub.redis_bridge import REDIS_ERRORS
+from relay.server.clientaddr import ClientAddress
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +32,11 @@ WINDOW_SECONDS = 10
 # every message of every client a timeout each.
 SHARED_TIMEOUT_SECONDS = 0.1
 BREAKER_SECONDS = 5.0
+
+
+def rate_limited(client: ClientAddress, limit_loopback: bool) -> bool:
+    """Whether rate limits apply to `client` (RELAY_RATE_LIMIT_LOOPBACK is `limit_loopback`)."""
+    return limit_loopback or not client.loopback
 
 
 class TokenBuckets:
@@ -61,7 +73,8 @@ class RateLimiter:
         )
 
     async def allow(self, action: str, who: str) -> bool:
-        """May `who` (an IP or `pubkey:<hex>`) do `action` (event, req, connect) now?"""
+        """May `who` (a client address or `pubkey:<hex>`) do `action` (event, req, connect)
+        now?"""
         if not self.limits.enabled:
             return True
         rate = self._rate(action)
@@ -70,6 +83,7 @@ class RateLimiter:
             allowed = self.local.take(action, who, rate)
         if not allowed:
             self.refused += 1
+            log.debug("rate-limited: %s by %s", action, who)
         return allowed
 
     async def _shared(self, action: str, who: str, rate: Rate) -> bool | None:

@@ -74,12 +74,15 @@ class ClientConnection:
         community_id: int,
         host: str,
         ip: str = "unknown",
+        *,
+        rate_limited: bool = True,
     ) -> None:
         self.relay = relay
         self.ws = ws
         self.wire = wire
         self.community_id = community_id
-        self.ip = ip
+        self.ip = ip  # the client's address (a trusted proxy's header, else the peer's)
+        self.rate_limited = rate_limited  # False: a loopback client (RELAY_RATE_LIMIT_LOOPBACK)
         # Cancelled on shutdown, and only while waiting for the next frame: never a frame
         # in progress (one scope for the whole read loop; a scope a frame costs time).
         self._reading = trio.CancelScope()
@@ -147,7 +150,7 @@ class ClientConnection:
                 await trio.sleep(0.01)
 
     async def _disconnect_slow_consumer(self) -> None:
-        log.info("disconnecting a slow consumer on %s", self.session.host)
+        log.info("disconnecting a slow consumer on %s (client %s)", self.session.host, self.ip)
         with trio.move_on_after(GOODBYE_SECONDS) as goodbye:
             goodbye.shield = True
             try:
@@ -259,7 +262,10 @@ class ClientConnection:
             await self._reader_waiting.park()
 
     async def _allowed(self, action: str) -> bool:
-        """Per IP, and per authenticated pubkey as well once the client has AUTHed."""
+        """Per client address, and per authenticated pubkey as well once the client has
+        AUTHed; a loopback client is not limited (RELAY_RATE_LIMIT_LOOPBACK)."""
+        if not self.rate_limited:
+            return True
         limiter = self.relay.limiter
         if not await limiter.allow(action, self.ip):
             return False

@@ -9,6 +9,7 @@ reader (sigs.k8s.io/yaml, what Kubernetes itself uses).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,36 @@ def test_extra_config_reaches_the_config_map_but_cannot_override_the_chart(
     assert (
         "extraConfig.RELAY_SHUTDOWN_GRACE is set by the chart: use relay.shutdownGraceSeconds"
     ) in message
+
+
+def test_trusted_proxies_and_loopback_limits_reach_the_relay(chart: helm.Chart) -> None:
+    def settings_of(values: dict[str, Any]) -> Any:
+        docs = manifests(render(chart, values))
+        data = one(docs, "ConfigMap")["data"]
+        return data, load_settings({**data, **SECRET_VALUES})
+
+    data, settings = settings_of({})
+    assert data["RELAY_TRUSTED_PROXIES"] == "" and settings.trusted_proxies == ()
+    # In a pod, loopback clients are sidecars or port-forwards: limited like any other.
+    assert data["RELAY_RATE_LIMIT_LOOPBACK"] == "on" and settings.rate_limit_loopback
+
+    proxies = {"relay": {"trustedProxies": ["10.244.0.0/16", "fd00:10:244::/56", "192.0.2.7"]}}
+    data, settings = settings_of(proxies)
+    assert data["RELAY_TRUSTED_PROXIES"] == "10.244.0.0/16,fd00:10:244::/56,192.0.2.7"
+    assert settings.trusted_proxies == (
+        ip_network("10.244.0.0/16"), ip_network("fd00:10:244::/56"), ip_network("192.0.2.7/32"),
+    )  # fmt: skip
+    _, settings = settings_of({"relay": {"rateLimitLoopback": False}})
+    assert not settings.rate_limit_loopback
+
+    with pytest.raises(helm.HelmValuesError, match="trustedProxies"):
+        render(chart, {"relay": {"trustedProxies": "10.0.0.0/8"}})  # a list, not a string
+    with pytest.raises(helm.HelmValuesError, match="trustedProxies"):
+        render(chart, {"relay": {"trustedProxies": ["ingress.internal"]}})
+    message = render_error(chart, {"extraConfig": {"RELAY_TRUSTED_PROXIES": "0.0.0.0/0"}})
+    assert "extraConfig.RELAY_TRUSTED_PROXIES is set by the chart: use relay.trustedProxies" in (
+        message
+    )
 
 
 def test_three_replicas_with_redis_render_with_no_read_write_many(chart: helm.Chart) -> None:

@@ -302,7 +302,7 @@ async def test_auth_is_rate_limited_like_req(
 ) -> None:
     relay = await start_relay(
         nursery, db_url, tmp_path,
-        rate_limits=True, rate_reqs_per_second=0.01, rate_reqs_burst=2,
+        rate_limits=True, rate_limit_loopback=True, rate_reqs_per_second=0.01, rate_reqs_burst=2,
     )  # fmt: skip
     async with connect(relay.port) as client:
         challenge = await client.wait_challenge()

@@ -399,6 +399,7 @@ async def test_sigterm_during_a_push_leaves_a_consistent_repository(
 
 RATES = {
     "rate_limits": True,
+    "rate_limit_loopback": True,  # the test's clients are on loopback
     "rate_events_per_second": 1,
     "rate_events_burst": 3,
     "rate_reqs_per_second": 1,
@@ -501,6 +502,7 @@ async def test_rate_limits_are_shared_through_redis(
         "redis_url": redis.url,
         "redis_prefix": unique_prefix(),
         "rate_limits": True,
+        "rate_limit_loopback": True,
         "rate_events_per_second": 1,
         "rate_events_burst": 3,
     }
