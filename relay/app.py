@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +38,7 @@ from relay.pubsub.fanout import Fanout
 from relay.pubsub.redis_bridge import RedisBridge
 from relay.server.listener import handle_stream
 from relay.server.ratelimit import RateLimiter
+from relay.startup import startup_lines
 from relay.store.communities import Communities
 from relay.store.db import Database
 from relay.store.embedded import embedded_postgres
@@ -51,6 +53,16 @@ log = logging.getLogger(__name__)
 
 PACK_CACHE_DIR = "relay-pack-cache"
 GC_YOUNG_THRESHOLD = 20_000
+
+
+def check_git() -> None:
+    """Clone and push run stock git: without it on PATH the relay would take announcements
+    and fail every git request later."""
+    if shutil.which("git") is None:
+        raise ConfigError(
+            "git is not on PATH (the relay runs git for clone and push): install git, or set "
+            "PATH"
+        )
 
 
 def prepare_data_dir(settings: Settings) -> None:
@@ -102,6 +114,7 @@ async def check_object_store(store: ObjectStore, settings: Settings) -> None:
 
 @asynccontextmanager
 async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
+    check_git()
     metrics = Metrics()
     async with open_database(settings) as db, open_object_store(settings) as raw_store:
         await check_object_store(raw_store, settings)
@@ -153,6 +166,7 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
             public_read=settings.git_public_read,
             processes=trio.CapacityLimiter(settings.git_max_processes),
             auth_window=settings.git_auth_window_seconds,
+            hosts_of=communities.hosts_of,
             cache=PackCache(scratch / PACK_CACHE_DIR, cache_bytes) if cache_bytes else None,
         )
         relay = Relay(
@@ -273,13 +287,10 @@ async def serve(
                         handler_nursery=connections,
                     )
                 )
-                log.info(
-                    "relay listening on %s:%d for %s (pubkey %s)",
-                    settings.bind,
-                    port,
-                    ", ".join(settings.hosts),
-                    relay.pubkey,
-                )
+                communities = list((await relay.communities.names()).values())
+                bound = f"{settings.bind}:{port}"
+                for line in startup_lines(settings, bound, communities, relay.pubkey):
+                    log.info("%s", line)
                 tune_garbage_collector()
                 if on_ready is not None:
                     on_ready(relay)

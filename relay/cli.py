@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "repo",
         help="announce, list or delete git repositories hosted by a relay (NIP-34)",
         description=(
-            "Talks to a relay over its websocket (--relay, else $RELAY_URL, else\n"
+            "Talks to a relay over its websocket (--relay, else $NOSTR_RELAY_URL, else\n"
             f"{client.DEFAULT_RELAY_URL}), signing with the key in $NOSTR_SECRET_KEY (hex or\n"
             "nsec) or --key-file.\n"
             "  relay repo create NAME     announce NAME; prints its clone URL\n"
@@ -174,14 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
         "community",
         help="list the communities, or add one (served at once, by every pod)",
         description=(
-            "A community is a host name with its own events and repositories. Those in\n"
-            "RELAY_HOSTS are created at start-up; `relay community add HOST` adds another\n"
-            "without a restart (pods find it on its first request)."
+            "A community is a host name with its own events and repositories, and any\n"
+            "number of aliases: other names that reach it. Those in RELAY_HOSTS are created\n"
+            "at start-up; `relay community add HOST` adds another without a restart (pods\n"
+            "find it on its first request), `--alias-of EXISTING` makes HOST a name of an\n"
+            "existing community instead. `list` prints each community's names on a line.\n"
+            "Reads RELAY_DATABASE_URL (or the embedded database in RELAY_DATA_DIR)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     community.add_argument("action", choices=("list", "add"))
     community.add_argument("host", nargs="?", help="the host name to add")
+    community.add_argument(
+        "--alias-of", metavar="HOST", help="make HOST another name of this community"
+    )
     return parser
 
 
@@ -194,7 +200,8 @@ def _key_file_option(parser: argparse.ArgumentParser) -> None:
 def _relay_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--relay", metavar="URL",
-        help=f"the relay's websocket URL (default: $RELAY_URL, else {client.DEFAULT_RELAY_URL})",
+        help="the relay's websocket URL (default: $NOSTR_RELAY_URL, else "
+        f"{client.DEFAULT_RELAY_URL})",
     )  # fmt: skip
 
 
@@ -250,20 +257,33 @@ async def _gc(settings: Settings, *, dry_run: bool, grace: float) -> None:
     )
 
 
-async def _community(settings: Settings, action: str, host: str | None) -> None:
+async def _community(
+    settings: Settings, action: str, host: str | None, alias_of: str | None
+) -> None:
     from relay.app import open_database
     from relay.protocol.hosts import normalize_host
     from relay.store.communities import Communities
 
     name = normalize_host(host or "") if action == "add" else None
     if action == "add" and name is None:
-        raise ConfigError(f"{host!r} is not a host name")
+        raise ConfigError(
+            "community add needs a host name" if not host else f"{host!r} is not a host name"
+        )
+    of = normalize_host(alias_of) if alias_of else None
+    if alias_of and of is None:
+        raise ConfigError(f"--alias-of {alias_of!r} is not a host name")
     async with open_database(settings) as db:
         await migrate(db)
         communities = Communities(db)
-        await communities.ensure([name] if name else [])
-        for known_host in await communities.hosts():
-            print(known_host)
+        if name is not None and of is not None:
+            await communities.ensure([])
+            refusal = await communities.add_alias(name, of)
+            if refusal is not None:
+                raise ConfigError(refusal)
+        else:
+            await communities.ensure([name] if name else [])
+        for names in (await communities.names()).values():
+            print(" ".join(names))
 
 
 async def _migrate(settings: Settings) -> None:
@@ -289,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     runner = {"serve": _serve, "migrate": _migrate, "probe": _probe}.get(args.command)
     if args.command == "community":
-        runner = partial(_community, action=args.action, host=args.host)
+        runner = partial(_community, action=args.action, host=args.host, alias_of=args.alias_of)
     elif args.command == "gc":
         runner = partial(_gc, dry_run=args.dry_run, grace=args.grace)
     elif runner is None:

@@ -111,8 +111,8 @@ def whoami_lines(key: PrivateKey) -> list[str]:
 
 
 def relay_url(value: str | None, environ: Mapping[str, str] = os.environ) -> str:
-    """The relay's websocket URL: `value`, else $RELAY_URL, else ws://localhost:7777."""
-    url = (value or environ.get("RELAY_URL", "") or DEFAULT_RELAY_URL).strip()
+    """The relay's websocket URL: `value`, else $NOSTR_RELAY_URL, else ws://localhost:7777."""
+    url = (value or environ.get("NOSTR_RELAY_URL", "") or DEFAULT_RELAY_URL).strip()
     try:
         parts = urlsplit(url)
         valid = parts.scheme in ("ws", "wss") and bool(parts.hostname)

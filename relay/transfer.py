@@ -43,7 +43,7 @@ from relay.events.kinds import Storage, storage_class
 from relay.events.model import Event, InvalidEvent, parse_event
 from relay.git.announce import Announcements
 from relay.git.refstate import check_ref_state
-from relay.protocol.hosts import normalize_host
+from relay.protocol.hosts import normalize_host, primary_host
 from relay.protocol.limits import Limits
 from relay.store.communities import Communities
 from relay.store.db import (
@@ -82,7 +82,7 @@ class UnknownCommunity(ConfigError):
 def community_host(settings: Settings, community: str | None) -> str:
     """The normalized host of `--community`, or the first of RELAY_HOSTS."""
     if community is None:
-        return settings.hosts[0]
+        return primary_host(settings.hosts[0])
     host = normalize_host(community)
     if host is None:
         raise ConfigError(f"--community {community!r} is not a host name")

@@ -21,7 +21,9 @@ from pathlib import Path
 __all__ = ["OPERATOR_GLOBAL_TABLES", "TENANT_COLUMN", "Violation", "lint_directory", "lint_sql"]
 
 # Tables outside tenancy: one row set for the whole relay. Everything else is a tenant table.
-OPERATOR_GLOBAL_TABLES: frozenset[str] = frozenset({"communities", "schema_migrations"})
+OPERATOR_GLOBAL_TABLES: frozenset[str] = frozenset(
+    {"communities", "community_aliases", "schema_migrations"}
+)
 
 TENANT_COLUMN = "community_id"
 # The one table a column-level REFERENCES on community_id may point at.

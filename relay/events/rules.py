@@ -72,9 +72,10 @@ def check_publishable(event: Event, authenticated: Collection[str]) -> str | Non
 
 
 def check_auth_event(
-    event: Event, challenge: str, host: str, now: int, limits: Limits
+    event: Event, challenge: str, hosts: frozenset[str], now: int, limits: Limits
 ) -> str | None:
-    """NIP-42: kind, challenge, relay host and freshness of an AUTH event."""
+    """NIP-42: kind, challenge, relay host (any name of the connection's community) and
+    freshness of an AUTH event."""
     if event.kind != kinds.AUTH:
         return f"invalid: AUTH event must be kind {kinds.AUTH}"
     if abs(now - event.created_at) > limits.auth_window_seconds:
@@ -86,6 +87,6 @@ def check_auth_event(
         relay_host = normalize_host(urlsplit(relay_url).netloc)
     except ValueError:
         relay_host = None
-    if relay_host != host:
+    if relay_host not in hosts:
         return "invalid: AUTH relay tag does not name this relay"
     return check_signature(event)

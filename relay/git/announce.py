@@ -212,6 +212,8 @@ class Announcements:
                 return Handled(ANSWERS[outcome])
             undo.commit()
         assert isinstance(reservation, Reserved | AlreadyOwned)
+        if fresh:
+            log.info("repo created: %s/%s in community %d", owner, repo_id, community_id)
         stored = [
             item
             for item, result in zip(batch, results, strict=True)
@@ -266,6 +268,12 @@ class Announcements:
                 continue
             try:
                 key = model.pointer_key(community_id, coordinate.pubkey, coordinate.d)
+                if await self.objects.read_pointer(key) is None:
+                    continue  # a co-maintainer's, or a repository hosted elsewhere
                 await self.objects.store.delete(key)
+                log.info(
+                    "repo deleted: %s/%s in community %d",
+                    coordinate.pubkey, coordinate.d, community_id,
+                )  # fmt: skip
             except (model.InvalidName, StoreError) as exc:
                 log.error("removing the pointer of deleted repo %s failed: %s", coordinate, exc)

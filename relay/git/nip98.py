@@ -45,10 +45,13 @@ def authenticate(
     scheme: str,
     host: str,
     repo_root: str,
+    aliases: frozenset[str] = frozenset(),
     now: int | None = None,
     window: int = DEFAULT_WINDOW_SECONDS,
 ) -> str:
-    """The pubkey that signed a valid token for this repo; raises Unauthorized otherwise."""
+    """The pubkey that signed a valid token for this repo; raises Unauthorized otherwise.
+    The signed URL may name the request's `host` or any of `aliases` (the other names of
+    the community)."""
     if not header:
         raise Unauthorized("authentication required: send a NIP-98 Authorization header")
     if len(header) > MAX_HEADER_BYTES:
@@ -67,7 +70,7 @@ def authenticate(
     signed = urlsplit(event.first_tag_value("u") or "")
     if (
         signed.scheme != scheme
-        or normalize_host(signed.netloc) != normalize_host(host)
+        or normalize_host(signed.netloc) not in {normalize_host(host), *aliases}
         or signed.path.rstrip("/") != repo_root.rstrip("/")
         or signed.query
     ):

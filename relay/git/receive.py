@@ -83,6 +83,7 @@ class Receiver:
     ) -> None:
         """Run receive-pack on the spooled body in the hydrated `ws`, publish what it
         accepted, and answer git's report on `stream`."""
+        started = time.perf_counter()
         head = await trio.to_thread.run_sync(read_head, spool)
         try:
             commands, capabilities = pktline.parse_commands(head)
@@ -139,6 +140,16 @@ class Receiver:
             if isinstance(outcome, Conflict):
                 stdout = pktline.refuse_all(stdout, commands, side_band, RACE_LOST)
             await respond(stream, 200, stdout, RESULT_TYPE, NO_CACHE)
+        if isinstance(outcome, Published):
+            changed = sum(
+                ws.manifest.refs.get(c.ref) != (None if set(c.new) == {"0"} else c.new)
+                for c in commands
+            )
+            log.info(
+                "push to %s/%s by %s: %d refs changed, %d bytes, %.0f ms",
+                push.repo.owner, push.repo.repo_id, push.pusher or "signed state (no NIP-98)",
+                changed, spool.stat().st_size, (time.perf_counter() - started) * 1000,
+            )  # fmt: skip
         if isinstance(outcome, Published) and outcome.digest != ws.digest:
             await self._announce_state(push)
             await self._release(push, rules, outcome.manifest)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import subprocess
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from relay.git.workspace import (
 )
 from relay.http import (
     BodyTooLarge,
+    CountingStream,
     HttpError,
     Request,
     discard_body,
@@ -61,6 +63,8 @@ if TYPE_CHECKING:
     from relay.git.refsync import RefStates
 
 log = logging.getLogger(__name__)
+# One line per git request at info (client, method, path, status, bytes in/out, time).
+access = logging.getLogger("relay.git.access")
 
 MAX_UPLOAD_REQUEST_BYTES = 16 * 1024 * 1024
 RETRY_AFTER_SECONDS = "5"
@@ -88,6 +92,7 @@ class GitService:
     public_read: bool
     processes: trio.CapacityLimiter
     auth_window: int
+    hosts_of: Callable[[int], Awaitable[frozenset[str]]]  # a community's host names
     cache: PackCache | None = None
     receiver: Receiver = field(init=False)
 
@@ -100,20 +105,34 @@ class GitService:
     # -- entry ------------------------------------------------------------------------------
 
     async def handle(
-        self, stream: trio.SocketStream, request: Request, community_id: int, host: str
+        self,
+        stream: trio.abc.Stream,
+        request: Request,
+        community_id: int,
+        host: str,
+        client: str = "unknown",
     ) -> None:
-        status = await self._handle(stream, request, community_id, host)
+        """Serve one git request, count it for /metrics and log it (an access log line:
+        client, method, path, status, bytes in and out, milliseconds)."""
+        started = time.perf_counter()
+        counted = CountingStream(stream)
+        status = await self._handle(counted, request, community_id, host)
         outcome = "ok" if status < 400 else str(status)
         service = service_label(request.method, request.path, request.query)
         self.operations[(service, outcome)] += 1
+        access.info(
+            "%s %s %s %d %d %d %.0fms",
+            client, request.method, request.target[:512], status, counted.received,
+            counted.sent, (time.perf_counter() - started) * 1000,
+        )  # fmt: skip
 
     async def _handle(
-        self, stream: trio.SocketStream, request: Request, community_id: int, host: str
+        self, stream: trio.abc.Stream, request: Request, community_id: int, host: str
     ) -> int:
         """Serve one git request; returns the HTTP status sent."""
         try:
             route = parse_route(request.method, request.path, request.query)
-            pusher = self._authenticate(request, route, host)
+            pusher = self._authenticate(request, route, host, await self.hosts_of(community_id))
             repo = await self._repo(community_id, route)
             if not self.public_read and pusher not in repo.maintainers:
                 # Private reads are the maintainers' (a push advertisement lists the refs
@@ -136,7 +155,9 @@ class GitService:
         await refuse(stream, refusal)
         return refusal.status
 
-    def _authenticate(self, request: Request, route: GitRoute, host: str) -> str | None:
+    def _authenticate(
+        self, request: Request, route: GitRoute, host: str, names: frozenset[str]
+    ) -> str | None:
         """The NIP-98 key of the request, or None where none is needed: reads of public
         repositories, and pushes sent without Authorization (authorized by signed state,
         as GRASP-01 clients push). A token that is sent must be valid."""
@@ -150,6 +171,7 @@ class GitService:
                 scheme=scheme,
                 host=request.header("host") or host,
                 repo_root=route.repo_root,
+                aliases=names,
                 window=self.auth_window,
             )
         except nip98.Unauthorized as exc:
@@ -165,7 +187,7 @@ class GitService:
 
     async def _serve(
         self,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         request: Request,
         route: GitRoute,
         community_id: int,
@@ -203,7 +225,7 @@ class GitService:
                 else:
                     await self._upload_pack(stream, ws, body, protocol)
 
-    async def _spool_push(self, stream: trio.SocketStream, request: Request, spool: Path) -> bool:
+    async def _spool_push(self, stream: trio.abc.Stream, request: Request, spool: Path) -> bool:
         """The push body into `spool`; False when it was over the limit and that was
         answered the way git prints it (a report-status refusing every ref). Either way the
         rest of the body is read and dropped first (up to the limit again), so the client
@@ -241,7 +263,7 @@ class GitService:
 
     async def _advertise(
         self,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         ws: Workspace,
         service: str,
         protocol: str | None,
@@ -263,7 +285,7 @@ class GitService:
         )  # fmt: skip
 
     async def _upload_pack(
-        self, stream: trio.SocketStream, ws: Workspace, body: bytes, protocol: str | None
+        self, stream: trio.abc.Stream, ws: Workspace, body: bytes, protocol: str | None
     ) -> None:
         command = ["git", *SERVE_OPTIONS, "upload-pack", "--stateless-rpc", str(ws.path)]
         process = await trio.lowlevel.open_process(

@@ -45,3 +45,24 @@ def normalize_host(value: str) -> str | None:
     if not all(_LABEL.fullmatch(label) for label in host.split(".")):
         return None
     return host
+
+
+ALIAS_SEPARATOR = "|"
+
+
+def host_group(spec: str) -> tuple[str, ...]:
+    """The names of one community as RELAY_HOSTS writes them, `name|alias|alias`: the first
+    is the community's own host, the others reach the same community. ValueError names
+    a part that is not a host name."""
+    names = []
+    for part in spec.split(ALIAS_SEPARATOR):
+        host = normalize_host(part)
+        if host is None:
+            raise ValueError(f"{part.strip()!r} is not a host name")
+        names.append(host)
+    return tuple(dict.fromkeys(names))
+
+
+def primary_host(spec: str) -> str:
+    """The community's own host of a `name|alias` group."""
+    return host_group(spec)[0]

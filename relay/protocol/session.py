@@ -32,10 +32,17 @@ class Session:
 
     host: str
     limits: Limits
+    # Every name of the connection's community (NIP-42 `relay` tags may use any); shared by
+    # the community's connections.
+    names: frozenset[str] = frozenset()
     challenge: str = field(default_factory=lambda: secrets.token_hex(16))
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
     # Immutable, so each EVENT can take it as it is; at most limits.max_auth_keys keys.
     authenticated: frozenset[str] = frozenset()
+
+    @property
+    def hosts(self) -> frozenset[str]:
+        return self.names or frozenset({self.host})
 
     def authenticate(self, pubkey: str) -> str | None:
         """Add a key that passed NIP-42; the refusal reason if the connection has its

@@ -141,7 +141,7 @@ async def route(
         await respond(stream, 204, b"", extra_headers=PREFLIGHT_HEADERS)
         return
     if is_git_path(request.path):
-        await relay.git.handle(stream, request, community_id, host)
+        await relay.git.handle(stream, request, community_id, host, client.ip)
         return
     if request.path != "/":
         await respond(stream, 404, b"not found\n")
@@ -198,8 +198,9 @@ async def serve_websocket(
                 ws = await ws_request.accept()
             try:
                 if ws is not None:
+                    names = await relay.communities.hosts_of(community_id)
                     client = ClientConnection(
-                        relay, ws, wire, community_id, host, address.ip,
+                        relay, ws, wire, community_id, host, address.ip, names,
                         rate_limited=rate_limited(address, relay.settings.rate_limit_loopback),
                     )  # fmt: skip
                     await client.run()

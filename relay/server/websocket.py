@@ -74,6 +74,7 @@ class ClientConnection:
         community_id: int,
         host: str,
         ip: str = "unknown",
+        names: frozenset[str] = frozenset(),
         *,
         rate_limited: bool = True,
     ) -> None:
@@ -97,7 +98,10 @@ class ClientConnection:
         # Where the reading task waits for room in the pipeline, or for it to empty.
         self._reader_waiting = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery
-        self.session = Session(host=host, limits=relay.limits)
+        self.session = Session(host=host, limits=relay.limits, names=names)
+        # For the line logged when the connection closes.
+        self.opened = trio.current_time()
+        self.accepted = self.refused = self.reqs = 0
         self.outbox = Outbox(relay.limits.max_outbound_bytes)
         self.sink = LiveSink(self.session, self.outbox)
 
@@ -120,6 +124,12 @@ class ClientConnection:
         finally:
             self.relay.connections.discard(self)
             fanout.unregister(self.community_id, self.sink)
+            log.info(
+                "connection closed: client %s on %s, %.1f s, %d events accepted, %d refused, "
+                "%d REQs",
+                self.ip, self.session.host, trio.current_time() - self.opened,
+                self.accepted, self.refused, self.reqs,
+            )  # fmt: skip
         if self.outbox.overflowed:
             self.relay.metrics.slow_consumers += 1
             await self._disconnect_slow_consumer()
@@ -249,6 +259,11 @@ class ClientConnection:
                     self.community_id, event, self.session.authenticated, int(time.time())
                 )
             self.relay.metrics.count_verdict(verdict.accepted, verdict.message)
+            if verdict.accepted:
+                self.accepted += 1
+            else:
+                self.refused += 1
+                log.debug("event %s from %s refused: %s", event.id, self.ip, verdict.message)
             await self.outbox.put(msg.ok(event.id, verdict.accepted, verdict.message))
         finally:
             self._in_flight -= 1
@@ -275,6 +290,7 @@ class ClientConnection:
         return True
 
     async def _subscribe(self, req: msg.ClientReq) -> None:
+        self.reqs += 1
         refusal = self.session.open(req.sub_id, req.filters)
         if refusal is not None:
             await self.outbox.put(msg.closed(req.sub_id, refusal))
@@ -311,7 +327,7 @@ class ClientConnection:
             reason: str | None = "rate-limited: slow down, too many requests"
         else:
             reason = check_auth_event(
-                event, self.session.challenge, self.session.host, int(time.time()),
+                event, self.session.challenge, self.session.hosts, int(time.time()),
                 self.relay.limits,
             ) or self.session.authenticate(event.pubkey)  # fmt: skip
         await self.outbox.put(msg.ok(event.id, reason is None, reason or ""))

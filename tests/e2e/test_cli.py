@@ -135,6 +135,23 @@ def test_community_add_is_served_without_a_restart(db_url: str, tmp_path: Path) 
     assert bad.returncode == 2 and "not a host name" in bad.stderr
 
 
+def test_community_add_alias_of_gives_a_community_another_name(
+    db_url: str, tmp_path: Path
+) -> None:
+    env = {"RELAY_DATABASE_URL": db_url, "RELAY_DATA_DIR": str(tmp_path)}
+    assert run_relay(["community", "add", "main.test"], env).returncode == 0
+    added = run_relay(["community", "add", "WWW.main.test", "--alias-of", "main.test"], env)
+    assert added.returncode == 0, added.stderr
+    # One line per community, its names together.
+    assert "main.test www.main.test" in added.stdout.splitlines()
+    taken = run_relay(["community", "add", "main.test", "--alias-of", "www.main.test"], env)
+    assert taken.returncode == 2 and "already names a community" in taken.stderr
+    unknown = run_relay(["community", "add", "x.test", "--alias-of", "nowhere.test"], env)
+    assert unknown.returncode == 2 and "nowhere.test is not a community" in unknown.stderr
+    missing = run_relay(["community", "add"], env)
+    assert missing.returncode == 2 and "needs a host name" in missing.stderr
+
+
 async def test_a_community_added_later_is_found_by_a_running_relay(
     relay: RelayUnderTest, tmp_path: Path
 ) -> None:

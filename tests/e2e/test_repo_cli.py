@@ -39,12 +39,12 @@ async def cli(
     stdin: bytes = b"",
 ) -> subprocess.CompletedProcess[str]:
     """`relay ARGS` as its own process, with the user's key (NOSTR_SECRET_KEY) and relay
-    (RELAY_URL) when given, and nothing else of the test's environment that it reads."""
+    (NOSTR_RELAY_URL) when given, and nothing else of the test's environment that it reads."""
     environ = {k: v for k, v in clean_environ().items() if k != "NOSTR_SECRET_KEY"}
     if key is not None:
         environ["NOSTR_SECRET_KEY"] = key.secret.hex()
     if relay is not None:
-        environ["RELAY_URL"] = relay_url(relay)
+        environ["NOSTR_RELAY_URL"] = relay_url(relay)
     result = await trio.run_process(
         [*RELAY_CLI, *args],
         env={**environ, **(env or {})},
@@ -177,7 +177,7 @@ async def test_create_with_hex_maintainers_and_the_relay_from_the_option(
     created = await cli(
         "repo", "create", "opts.git", "--relay", relay_url(relay),
         "--maintainer", pubkey_hex(first), "--maintainer", hex_to_npub(pubkey_hex(second)),
-        key=key, env={"RELAY_URL": "ws://127.0.0.1:1"},
+        key=key, env={"NOSTR_RELAY_URL": "ws://127.0.0.1:1"},
     )  # fmt: skip
     assert created.returncode == 0, created.stderr
     assert one_line(created.stdout) == npub_url(relay, key, "opts")

@@ -86,8 +86,8 @@ def test_a_bad_pubkey_argument_is_a_usage_error(value: str) -> None:
 
 def test_the_relay_url_defaults_to_relay_url_then_localhost() -> None:
     assert client.relay_url(None, {}) == "ws://localhost:7777"
-    assert client.relay_url(None, {"RELAY_URL": "wss://relay.example"}) == "wss://relay.example"
-    assert client.relay_url("ws://a:1", {"RELAY_URL": "wss://b"}) == "ws://a:1"
+    assert client.relay_url(None, {"NOSTR_RELAY_URL": "wss://relay.example"}) == "wss://relay.example"
+    assert client.relay_url("ws://a:1", {"NOSTR_RELAY_URL": "wss://b"}) == "ws://a:1"
 
 
 @pytest.mark.parametrize("value", ["http://localhost:7777", "localhost:7777", "ws://", "wss:///x"])

@@ -16,7 +16,8 @@ def test_default_settings() -> None:
     settings = load_settings({})
     assert settings.bind == "127.0.0.1"
     assert settings.port == 7777
-    assert settings.hosts == ("localhost", "127.0.0.1")
+    # One community by default, reached by every loopback name.
+    assert settings.hosts == ("localhost|127.0.0.1|[::1]",)
     assert settings.public_url == "ws://localhost:7777"
     assert settings.database_url is None
     assert settings.secret_key is None

@@ -160,7 +160,7 @@ def auth_at_now(
 
 
 def check_auth(ev: Event, host: str = "localhost") -> str | None:
-    return check_auth_event(ev, CHALLENGE, host, NOW, LIMITS)
+    return check_auth_event(ev, CHALLENGE, frozenset({host}), NOW, LIMITS)
 
 
 def test_good_auth_event() -> None:

@@ -56,7 +56,10 @@ def test_project_migrations_fail_once_keys_lose_community_id(tmp_path: Path) -> 
 
 
 def test_operator_global_tables_are_exactly_these() -> None:
-    assert frozenset({"communities", "schema_migrations"}) == OPERATOR_GLOBAL_TABLES
+    # Host names are global: a name reaches one community, whichever table holds it.
+    assert frozenset({"communities", "community_aliases", "schema_migrations"}) == (
+        OPERATOR_GLOBAL_TABLES
+    )
 
 
 # --- a correct schema passes ---------------------------------------------------------------

@@ -1,0 +1,59 @@
+"""What a starting relay tells its operator: where its data lives, what it talks to, and
+the URLs to hand out; never a password. Pure: settings and names in, lines out."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from relay.config import Settings
+from relay.git.stores import describe as describe_object_store
+from relay.store.embedded import PGDATA
+
+
+def without_password(url: str) -> str:
+    """`url` with any `user:password@` reduced to `user@`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{user}@{host}" if user else host).geturl()
+
+
+def database(settings: Settings) -> str:
+    if not settings.database_url:
+        return f"embedded PostgreSQL in {(settings.data_path / PGDATA).resolve()}"
+    parts = urlsplit(settings.database_url)
+    port = f":{parts.port}" if parts.port else ""
+    name = parts.path.lstrip("/") or "(the user's default database)"
+    return f"PostgreSQL at {parts.hostname}{port}, database {name}"
+
+
+def fan_out(settings: Settings) -> str:
+    if not settings.redis_url:
+        return "in this process only (no RELAY_REDIS_URL: a single pod)"
+    parts = urlsplit(settings.redis_url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"Redis at {parts.hostname}{port}, channels {settings.redis_prefix}:*"
+
+
+def git_base_url(settings: Settings) -> str:
+    public = urlsplit(settings.public_url)
+    scheme = "https" if public.scheme == "wss" else "http"
+    return f"{scheme}://{public.netloc}/<npub>/<repo>.git"
+
+
+def startup_lines(
+    settings: Settings, bound: str, communities: list[list[str]], pubkey: str
+) -> list[str]:
+    """The lines logged once the relay listens on `bound` (address:port)."""
+    names = "; ".join(", ".join(group) for group in communities)
+    return [
+        f"relay listening on {bound} (pubkey {pubkey})",
+        f"data directory: {settings.data_path.resolve()}",
+        f"database: {database(settings)}",
+        f"git objects: {describe_object_store(settings)}",
+        f"events between pods: {fan_out(settings)}",
+        f"websocket URL for clients: {settings.public_url}; git URLs: {git_base_url(settings)}",
+        f"communities ({len(communities)}): {names}",
+    ]
