@@ -1,26 +1,116 @@
 """`relay serve | migrate | keygen | ...`: the command line, configured by RELAY_* settings;
-the user's commands (`whoami`, `token`, `repo`, `git-credential`) run in relay/client.py."""
+the user's commands (`whoami`, `token`, `repo`, `git-credential`) run in relay/client.py.
+
+What stops a command is one line on stderr, `relay: <message>` (passwords of URLs hidden),
+and an exit status: 2 for a setting the relay cannot use or that stops it at start-up (a
+port in use, a database it cannot reach, a data directory it cannot write or another relay
+holds), 1 for any other failure. `startup_error` maps what the standard library and the
+driver raise at start-up to those messages.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import signal
+import socket
 import sys
+import tempfile
+from collections.abc import Iterator
 from functools import partial
+from ipaddress import ip_address
+from types import CodeType
 
 import trio
 from coincurve import PrivateKey
 
 from relay import client
-from relay.config import ConfigError, Settings, load_settings, settings_help
-from relay.errors import OperatorError
+from relay.config import SETTINGS, ConfigError, Setting, Settings, load_settings, settings_help
+from relay.errors import OperatorError, StartupError, redact_urls
 from relay.git.gc import DEFAULT_GRACE_SECONDS, collect
-from relay.git.probe import ProbeFailed
+from relay.git.probe import Probe, ProbeFailed
 from relay.logs import configure_logging
+from relay.progress import PROGRESS_COUNT, PROGRESS_SECONDS, Progress
+from relay.store.db import Database, DatabaseError
+from relay.store.embedded import DataDirLock
 from relay.store.migrations import migrate
 
 log = logging.getLogger("relay")
+
+# The settings each command reads, by name without RELAY_, a trailing * matching any rest:
+# its --help lists them, in the order of relay.config.SETTINGS. `serve` reads them all.
+_LOGGING = ("LOG_LEVEL", "LOG_FORMAT")
+_DATABASE = ("DATA_DIR", "DATABASE_URL", "DB_*", *_LOGGING)
+_OBJECT_STORE = ("DATA_DIR", "S3_*", *_LOGGING)
+_EVENT_LIMITS = ("MAX_EVENT_*", "MAX_TAG_VALUE_BYTES", "MAX_FUTURE_SECONDS")
+COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
+    "serve": ("*",),
+    "migrate": _DATABASE,
+    "community": _DATABASE,
+    "export": (*_DATABASE, "HOSTS"),
+    "import": (*_DATABASE, "HOSTS", *_EVENT_LIMITS),
+    "probe": (*_OBJECT_STORE, "GIT_PROBE_*"),
+    "gc": _OBJECT_STORE,
+    "keygen": (),
+}
+
+
+def selects(selector: str, setting: Setting) -> bool:
+    name = setting.env.removeprefix("RELAY_")
+    if selector.endswith("*"):
+        return name.startswith(selector[:-1])
+    return name == selector
+
+
+def settings_of(command: str) -> tuple[Setting, ...]:
+    """The settings `command` reads (COMMAND_SETTINGS), in SETTINGS order."""
+    selectors = COMMAND_SETTINGS[command]
+    return tuple(s for s in SETTINGS if any(selects(x, s) for x in selectors))
+
+
+def _settings_epilog(command: str) -> str:
+    if command == "serve":
+        return settings_help()
+    chosen = settings_of(command)
+    if not chosen:
+        return "Reads no settings."
+    width = max(len(s.env) for s in chosen)
+    lines = ["settings it reads (environment variables; all RELAY_* values are checked):"]
+    for s in chosen:
+        default = s.default if s.default else "(empty)"
+        lines.append(f"  {s.env.ljust(width)}  {s.help} [default: {default}]")
+    return "\n".join(lines)
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    """A settings command: `summary` in `relay --help`, `description` and the settings it
+    reads in its own --help."""
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=_settings_epilog(name),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _progress_options(parser: argparse.ArgumentParser, unit: str) -> None:
+    parser.add_argument(
+        "--progress-seconds", type=float, default=PROGRESS_SECONDS, metavar="SECONDS",
+        help="when stderr is not a terminal, a progress line this often "
+        f"(default {PROGRESS_SECONDS:.0f})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--progress-count", type=int, default=PROGRESS_COUNT, metavar="N",
+        help=f"... or every N {unit}, whichever comes first (default {PROGRESS_COUNT})",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,25 +121,47 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    commands.add_parser(
+    _command(
+        commands,
         "serve",
-        help="run the relay (embedded PostgreSQL unless RELAY_DATABASE_URL is set)",
-        epilog=settings_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "run the relay (embedded PostgreSQL unless RELAY_DATABASE_URL is set)",
+        "Serves Nostr (websockets, NIP-11) and git over HTTP on RELAY_BIND:RELAY_PORT until\n"
+        "SIGTERM or SIGINT. The data directory (RELAY_DATA_DIR) holds the relay key, the\n"
+        "embedded PostgreSQL unless RELAY_DATABASE_URL is set, and git objects unless\n"
+        "RELAY_S3_ENDPOINT is set; one relay at a time may use it (relay.lock). A setting\n"
+        "it cannot use (a port in use, an unreachable database, ...) stops it with one line\n"
+        "and exit status 2.",
     )
-    commands.add_parser("migrate", help="apply database migrations and exit")
-    commands.add_parser("keygen", help="print a new secret key for RELAY_SECRET_KEY")
-    commands.add_parser(
-        "probe", help="check that the object store honours conditional writes; exit 0 or 1"
+    _command(
+        commands,
+        "migrate",
+        "apply database migrations and exit",
+        "Applies the migrations the database lacks and prints which; safe to run again\n"
+        "(relays and migrations started at once wait on one lock).",
     )
-    gc = commands.add_parser(
+    _command(
+        commands,
+        "keygen",
+        "print a new secret key for RELAY_SECRET_KEY",
+        "Prints a new secp256k1 secret key, 64 hex characters, for RELAY_SECRET_KEY.",
+    )
+    probe = _command(
+        commands,
+        "probe",
+        "check that the object store honours conditional writes; exit 0 or 1",
+        "Runs the conformance probe the relay runs at start-up (RELAY_GIT_PROBE) against\n"
+        "the object store: write/read round trips, If-Match and If-None-Match races, an\n"
+        "ETag round trip. Prints the report; exit status 0 when it passes, 1 when not.\n"
+        "Progress goes to stderr.",
+    )
+    _progress_options(probe, "store calls")
+    gc = _command(
+        commands,
         "gc",
-        help="remove the git objects no repository reaches any more",
-        description=(
-            "Removes the packs, idx files and manifests that no pointer reaches (and old probe "
-            "objects), once older than the grace period, so in-flight pushes and clones are "
-            "never hurt. Safe to run on several pods at once. Prints each object and the bytes."
-        ),
+        "remove the git objects no repository reaches any more",
+        "Removes the packs, idx files and manifests that no pointer reaches (and old probe\n"
+        "objects), once older than the grace period, so in-flight pushes and clones are\n"
+        "never hurt. Safe to run on several pods at once. Prints each object and the bytes.",
     )
     gc.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
     gc.add_argument(
@@ -144,35 +256,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     credential.add_argument("action", choices=("get", "store", "erase"))
     _key_file_option(credential)
-    export = commands.add_parser(
+    export = _command(
+        commands,
         "export",
-        help="write a community's stored events to stdout, one JSON event a line",
-        description=(
-            "Writes every stored, unexpired event of the community to stdout as JSON\n"
-            "Lines, oldest first, for `relay import`. The database is only read.\n"
-            "  relay export --community example.com > events.jsonl"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "write a community's stored events to stdout, one JSON event a line",
+        "Writes every stored, unexpired event of the community to stdout as JSON\n"
+        "Lines, oldest first, for `relay import`. The database is only read.\n"
+        "Progress (events, rate) goes to stderr.\n"
+        "  relay export --community example.com > events.jsonl",
     )
     export.add_argument("--community", metavar="HOST", help="default: the first of RELAY_HOSTS")
-    import_ = commands.add_parser(
+    _progress_options(export, "events")
+    import_ = _command(
+        commands,
         "import",
-        help="store events read from stdin (JSON Lines, as export writes them)",
-        description=(
-            "Stores one JSON event a line from stdin, with the checks and the replacement\n"
-            "and deletion (NIP-09) rules of the websocket path. Expired, ephemeral and AUTH\n"
-            "events are skipped; invalid lines are counted and named by line number.\n"
-            "Re-running a file stores nothing twice, so an interrupted import resumes.\n"
-            "Repositories are not re-created by import: kind 30617 announcements are\n"
-            "stored as events only (no repo name is reserved, no git data is created).\n"
-            "  relay import --community example.com < events.jsonl"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "store events read from stdin (JSON Lines, as export writes them)",
+        "Stores one JSON event a line from stdin, with the checks and the replacement\n"
+        "and deletion (NIP-09) rules of the websocket path. Expired, ephemeral and AUTH\n"
+        "events are skipped; invalid lines are counted and named by line number, and\n"
+        "make the exit status 1 (the valid lines are stored all the same) unless\n"
+        "--allow-invalid. Re-running a file stores nothing twice, so an interrupted\n"
+        "import resumes. Repositories are not re-created by import: kind 30617\n"
+        "announcements are stored as events only (no repo name is reserved, no git data\n"
+        "is created). Progress (lines, rate) goes to stderr, then a summary.\n"
+        "  relay import --community example.com < events.jsonl",
     )
     import_.add_argument("--community", metavar="HOST", help="default: the first of RELAY_HOSTS")
+    import_.add_argument(
+        "--allow-invalid", action="store_true",
+        help="exit 0 even when lines were invalid (they are still counted and named)",
+    )  # fmt: skip
+    _progress_options(import_, "lines")
     community = commands.add_parser(
         "community",
         help="list the communities, or add one (served at once, by every pod)",
+        epilog=_settings_epilog("community"),
         description=(
             "A community is a host name with its own events and repositories, and any\n"
             "number of aliases: other names that reach it. Those in RELAY_HOSTS are created\n"
@@ -230,11 +348,22 @@ async def _serve(settings: Settings) -> None:
             await nursery.start(run_relay)
 
 
-async def _probe(settings: Settings) -> None:
-    from relay.git.stores import describe, open_object_store, probe_store
+async def _probe(settings: Settings, progress: Progress) -> None:
+    from relay.git.stores import describe, open_object_store
 
     async with open_object_store(settings) as store:
-        report = await probe_store(store, settings)
+        probe = Probe(
+            store,
+            writers=settings.git_probe_writers,
+            rounds=settings.git_probe_rounds,
+            op_timeout=settings.s3_timeout_seconds,
+            deadline=settings.git_probe_deadline_seconds,
+            progress=progress,
+        )
+        try:
+            report = await probe.run()
+        finally:
+            progress.finish()
     print(f"object store: {describe(settings)}")
     print(report.render())
     if not report.ok:
@@ -304,28 +433,190 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(f"relay: {exc.prefix}{exc}", file=sys.stderr)
-        return exc.exit_status
+        return _fail(exc)
     configure_logging(settings.log_level, settings.log_format)
-    runner = {"serve": _serve, "migrate": _migrate, "probe": _probe}.get(args.command)
+    runner = {"serve": _serve, "migrate": _migrate}.get(args.command)
     if args.command == "community":
         runner = partial(_community, action=args.action, host=args.host, alias_of=args.alias_of)
     elif args.command == "gc":
         runner = partial(_gc, dry_run=args.dry_run, grace=args.grace)
+    elif args.command == "probe":
+        runner = partial(_probe, progress=_progress(args, "probe", "store calls"))
     elif runner is None:
         from relay import transfer
 
-        command = {"export": transfer.export_command, "import": transfer.import_command}
-        runner = partial(command[args.command], community=args.community)
+        if args.command == "export":
+            runner = partial(
+                transfer.export_command, community=args.community,
+                progress=_progress(args, "export", "events"),
+            )  # fmt: skip
+        else:
+            runner = partial(
+                transfer.import_command, community=args.community,
+                allow_invalid=args.allow_invalid, progress=_progress(args, "import", "lines"),
+            )  # fmt: skip
+    lock = DataDirLock(settings.data_path)
     try:
+        if _uses_data_dir(args.command, settings):
+            _prepare_data_dir(settings)
+        if args.command == "serve":
+            lock.acquire()  # held until the process ends
+            _check_port(settings)
         trio.run(runner, settings)
     except Exception as exc:
-        known = _find_known_error(exc)
+        known = startup_error(exc, settings)
         if known is None:
             raise
-        print(f"relay: {known.prefix}{known}", file=sys.stderr)
-        return known.exit_status
+        return _fail(known)
+    finally:
+        lock.release()
     return 0
+
+
+def _uses_data_dir(command: str, settings: Settings) -> bool:
+    """serve always (its key, its lock); the others for the embedded database or the
+    directory object store."""
+    if command in ("probe", "gc"):
+        return not settings.s3_endpoint
+    return command == "serve" or not settings.database_url
+
+
+def _fail(exc: OperatorError) -> int:
+    print(f"relay: {exc.prefix}{redact_urls(str(exc))}", file=sys.stderr)
+    return exc.exit_status
+
+
+def _progress(args: argparse.Namespace, label: str, unit: str) -> Progress:
+    return Progress(label, unit, seconds=args.progress_seconds, count=args.progress_count)
+
+
+def _notice(settings: Settings, message: str) -> None:
+    """A line for the operator before the command's own output: a log record when the logs
+    are JSON, else a plain line."""
+    if settings.log_format == "json":
+        log.warning(message)
+    else:
+        print(f"relay: {message}", file=sys.stderr)
+
+
+class DataDirUnusable(StartupError):
+    """RELAY_DATA_DIR cannot be created or written (exit status 2)."""
+
+
+def _prepare_data_dir(settings: Settings) -> None:
+    """Create the data directory (saying so, with its absolute path: a command run from
+    another directory than the relay's would otherwise work on a new ./relay-data without a
+    word) and check that files can be written in it."""
+    path = settings.data_path
+    where = os.path.abspath(path)
+    created = False
+    if not path.is_dir():
+        try:
+            path.mkdir(parents=True)
+            created = True
+        except FileExistsError:
+            raise DataDirUnusable(f"RELAY_DATA_DIR {where} is not a directory") from None
+        except OSError as exc:
+            raise DataDirUnusable(
+                f"RELAY_DATA_DIR {where} cannot be created: {exc.strerror}"
+            ) from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".relay-write-check-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DataDirUnusable(
+            f"RELAY_DATA_DIR {where} is not writable: {exc.strerror or exc}"
+        ) from None
+    if created:
+        _notice(settings, f"created the data directory {where} (RELAY_DATA_DIR)")
+
+
+def _check_port(settings: Settings) -> None:
+    """Bind RELAY_BIND:RELAY_PORT as the listener will (and let go at once), so a port in
+    use stops the relay before it starts its database."""
+    if settings.port == 0:
+        return
+    family = socket.AF_INET6 if ip_address(settings.bind).version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as trio's listener
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind((settings.bind, settings.port))
+        except OSError as exc:
+            raise _listen_error(exc, settings) from None
+
+
+class CannotListen(StartupError):
+    """RELAY_BIND:RELAY_PORT cannot be listened on (exit status 2)."""
+
+
+class DatabaseUnreachable(StartupError):
+    """RELAY_DATABASE_URL cannot be connected to (exit status 2)."""
+
+
+def _listen_error(exc: OSError, settings: Settings) -> CannotListen:
+    bind, port = settings.bind, settings.port
+    if exc.errno == errno.EADDRINUSE:
+        return CannotListen(
+            f"RELAY_PORT {port} is already in use on {bind}: another relay or program "
+            "listens there; stop it or choose another port"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return CannotListen(
+            f"RELAY_BIND {bind} is not an address of this host (0.0.0.0 or :: listen on "
+            "every interface)"
+        )
+    if exc.errno == errno.EACCES:
+        return CannotListen(
+            f"RELAY_PORT {port} on {bind} needs privileges this process lacks (ports below "
+            "1024); choose a port from 1024 up"
+        )
+    return CannotListen(f"cannot listen on {bind} port {port} (RELAY_BIND, RELAY_PORT): {exc}")
+
+
+_LISTEN_CODE: CodeType = trio.open_tcp_listeners.__code__
+_CONNECT_CODE: CodeType = getattr(Database.connect, "__code__")  # noqa: B009
+
+
+def startup_error(exc: BaseException, settings: Settings) -> OperatorError | None:
+    """The message for the operator of what stopped a command, looking inside exception
+    groups: an OperatorError as it is, except that failing to connect to RELAY_DATABASE_URL
+    and failing to listen are start-up errors (exit status 2); None for anything else."""
+    for leaf in _leaves(exc):
+        if isinstance(leaf, OSError) and _raised_in(leaf, _LISTEN_CODE):
+            return _listen_error(leaf, settings)
+        if (
+            isinstance(leaf, DatabaseError)
+            and settings.database_url
+            and _raised_in(leaf, _CONNECT_CODE)
+        ):
+            cause = leaf.__cause__ or leaf
+            return DatabaseUnreachable(
+                f"RELAY_DATABASE_URL {redact_urls(settings.database_url)} cannot be reached: "
+                f"{str(cause) or type(cause).__name__}"
+            )
+        if isinstance(leaf, OperatorError):
+            return leaf
+    return None
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def _raised_in(exc: BaseException, code: CodeType) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is code:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 CLIENT_COMMANDS = ("whoami", "token", "repo", "git-credential")
@@ -350,21 +641,8 @@ def _client_command(args: argparse.Namespace) -> int:
         else:
             client.repo_delete(args.name, relay=args.relay, key_file=args.key_file)
     except OperatorError as exc:
-        print(f"relay: {exc.prefix}{exc}", file=sys.stderr)
-        return exc.exit_status
+        return _fail(exc)
     return 0
-
-
-def _find_known_error(exc: BaseException) -> OperatorError | None:
-    """The first error with a message for the operator, looking inside exception groups."""
-    if isinstance(exc, OperatorError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _find_known_error(inner)
-            if found is not None:
-                return found
-    return None
 
 
 if __name__ == "__main__":

@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from relay.errors import EXIT_CONFIG, OperatorError
+from relay.errors import EXIT_CONFIG, OperatorError, redact_urls
 from relay.protocol.hosts import ALIAS_SEPARATOR, host_group
 from relay.protocol.limits import Limits, Rate, RateLimits
 
@@ -62,16 +62,29 @@ def _choice(*options: str) -> Callable[[str], str]:
 
 
 def _bool(value: str) -> bool:
+    """on or off; true/false, yes/no and 1/0 are read as well (any case)."""
     lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
+    if lowered in ("on", "true", "yes", "1"):
         return True
-    if lowered in ("0", "false", "no", "off"):
+    if lowered in ("off", "false", "no", "0"):
         return False
-    raise ValueError(f"must be true or false, got {value!r}")
+    raise ValueError(f"must be on or off, got {value!r}")
 
 
 def _text(value: str) -> str:
     return value
+
+
+def _bind(value: str) -> str:
+    """An IPv4 or IPv6 address of this host to listen on (IPv6 with or without brackets)."""
+    stripped = value.strip()
+    bare = stripped[1:-1] if stripped.startswith("[") and stripped.endswith("]") else stripped
+    try:
+        return str(ip_address(bare))
+    except ValueError:
+        raise ValueError(
+            f"must be an IP address to listen on (127.0.0.1, 0.0.0.0, ::1, ::), got {value!r}"
+        ) from None
 
 
 def _optional_text(value: str) -> str | None:
@@ -86,9 +99,11 @@ def _url(*schemes: str) -> Callable[[str], str | None]:
             parts = urlsplit(value)
             parts.port  # noqa: B018 - raises on a bad port
         except ValueError as exc:
-            raise ValueError(f"is not a valid URL: {exc}") from None
+            raise ValueError(f"is not a valid URL ({redact_urls(str(exc))})") from None
         if parts.scheme not in schemes or not (parts.netloc or parts.path):
-            raise ValueError(f"must be a {' or '.join(schemes)} URL, got {value!r}")
+            raise ValueError(
+                f"must be a {' or '.join(schemes)} URL, got {redact_urls(value)!r}"
+            )
         return value
 
     return parse
@@ -97,7 +112,7 @@ def _url(*schemes: str) -> Callable[[str], str | None]:
 def _public_url(value: str) -> str:
     parsed = _url("ws", "wss")(value)
     if parsed is None or not urlsplit(parsed).hostname:
-        raise ValueError(f"must be a ws:// or wss:// URL with a host, got {value!r}")
+        raise ValueError(f"must be a ws:// or wss:// URL with a host, got {redact_urls(value)!r}")
     return parsed
 
 
@@ -159,7 +174,8 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("RELAY_BIND", "bind", "127.0.0.1", "address to listen on", _text),
+    Setting("RELAY_BIND", "bind", "127.0.0.1",
+            "IP address to listen on (0.0.0.0 or :: for every interface)", _bind),
     Setting("RELAY_PORT", "port", "7777", "TCP port to listen on (0 picks a free one)",
             _int_in(0, 65535)),
     Setting("RELAY_DATA_DIR", "data_dir", "./relay-data",
@@ -210,6 +226,16 @@ SETTINGS: tuple[Setting, ...] = (
             _int_in(1, 1024)),
     Setting("RELAY_MAX_AUTH_KEYS", "max_auth_keys", "8",
             "keys one connection may authenticate with NIP-42", _int_in(1, 1000)),
+    Setting("RELAY_MAX_NEG_SESSIONS", "max_neg_sessions", "8",
+            "NIP-77 negentropy sessions open at once on one connection", _int_in(1, 1000)),
+    Setting("RELAY_NEG_MAX_RECORDS", "max_neg_records", "500000",
+            "events one NIP-77 session may cover (NEG-ERR blocked: too many records beyond)",
+            _int_in(1, 100_000_000)),
+    Setting("RELAY_NEG_IDLE_SECONDS", "neg_idle_seconds", "60",
+            "a NIP-77 session idle this long is closed", _float_in(1, 86400)),
+    Setting("RELAY_NEG_FRAME_BYTES", "neg_frame_bytes", "60000",
+            "largest negentropy message the relay sends, before hex (the NEG-MSG is about"
+            " twice that)", _int_in(4096, 16 * 1024 * 1024)),
     Setting("RELAY_MAX_FILTER_VALUES", "max_filter_values", "1000",
             "values in one filter field (ids, authors, kinds, #x)", _int_in(1, 100_000)),
     Setting("RELAY_MAX_FUTURE_SECONDS", "max_future_seconds", "900",
@@ -277,7 +303,7 @@ SETTINGS: tuple[Setting, ...] = (
             "how long a maintainer's 30618 or a PR event waits for its git data before it is"
             " dropped", _float_in(1, 7 * 86400)),
     Setting("RELAY_GIT_PUBLIC_READ", "git_public_read", "true",
-            "anyone may clone and fetch; false requires NIP-98 for reads too", _bool),
+            "on: anyone may clone and fetch; off requires NIP-98 for reads too", _bool),
     Setting("RELAY_GIT_MAX_PACK_BYTES", "git_max_pack_bytes", "268435456",
             "largest pack one push may bring (HTTP 413 beyond)", _int_in(1024, 1 << 40)),
     Setting("RELAY_GIT_MAX_REPO_BYTES", "git_max_repo_bytes", "1073741824",
@@ -334,6 +360,10 @@ class Settings:
     max_tag_value_bytes: int
     max_subid_length: int
     max_auth_keys: int
+    max_neg_sessions: int
+    max_neg_records: int
+    neg_idle_seconds: float
+    neg_frame_bytes: int
     max_filter_values: int
     max_future_seconds: int
     redis_url: str | None

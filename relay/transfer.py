@@ -18,7 +18,10 @@ twice, so an interrupted import is resumed by running it again. NIP-70 protected
 are stored: the operator vouches for the file. Repositories are not re-created: a kind
 30617 announcement is stored as an event only, without reserving its name in the
 registry or seeding a git pointer, and a deletion in the file does not release names or
-drop pointers.
+drop pointers. An invalid line is counted and named, and makes the exit status 1 unless the
+operator allows it (`--allow-invalid`): the valid lines are stored either way.
+
+Both report progress on stderr (relay/progress.py): events written, lines read.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from relay.events.kinds import Storage, storage_class
 from relay.events.model import Event, InvalidEvent, parse_event
 from relay.git.announce import Announcements
 from relay.git.refstate import check_ref_state
+from relay.progress import Progress
 from relay.protocol.hosts import normalize_host, primary_host
 from relay.protocol.limits import Limits
 from relay.store.communities import Communities
@@ -53,6 +57,7 @@ from relay.store.db import (
     Database,
     DatabaseError,
 )
+from relay.store.embedded import describe_database
 from relay.store.events import EventStore, Saved
 from relay.store.group_commit import Pending, batchable, save_regular
 from relay.store.migrations import migrate
@@ -79,6 +84,10 @@ class UnknownCommunity(ConfigError):
     """The named community does not exist (exit status 2, like a bad setting)."""
 
 
+class LinesRefused(OperatorError):
+    """Import read lines it could not store (exit status 1 unless --allow-invalid)."""
+
+
 def community_host(settings: Settings, community: str | None) -> str:
     """The normalized host of `--community`, or the first of RELAY_HOSTS."""
     if community is None:
@@ -89,13 +98,19 @@ def community_host(settings: Settings, community: str | None) -> str:
     return host
 
 
-async def _resolve(db: Database, host: str) -> int:
+async def _resolve(db: Database, host: str, settings: Settings) -> int:
     try:
         community_id = await Communities(db).resolve(host)
     except DatabaseError as exc:
         if exc.sqlstate != UNDEFINED_TABLE:
             raise
-        raise DatabaseError("the database has no relay tables; run `relay migrate`") from None
+        # Most often the command ran from another directory than the relay's, on a fresh
+        # ./relay-data: name the database, so the operator sees which one it was.
+        where = describe_database(settings.database_url, settings.data_path)
+        raise DatabaseError(
+            f"{where} has no relay tables: run `relay migrate`, or point RELAY_DATA_DIR or "
+            "RELAY_DATABASE_URL at the relay's database"
+        ) from None
     if community_id is None:
         raise UnknownCommunity(f"community {host!r} does not exist in this database")
     return community_id
@@ -128,7 +143,13 @@ class OutputClosed(OperatorError):
 
 
 async def export_events(
-    db: Database, community_id: int, out: BinaryIO, *, now: int, batch: int = EXPORT_BATCH
+    db: Database,
+    community_id: int,
+    out: BinaryIO,
+    *,
+    now: int,
+    batch: int = EXPORT_BATCH,
+    progress: Progress | None = None,
 ) -> int:
     """Write the community's events unexpired at `now` to `out`; returns how many."""
     after: tuple[int, bytes] = (-1, b"")
@@ -148,24 +169,31 @@ async def export_events(
                 f"export stopped after {total} events: the output was closed"
             ) from None
         total += len(rows)
+        if progress is not None:
+            progress.update(total)
         last = rows[-1]
         after = (last["created_at"], bytes(last["id"]))
         if len(rows) < batch:
             return total
 
 
-async def export_command(settings: Settings, community: str | None) -> None:
+async def export_command(
+    settings: Settings, community: str | None, *, progress: Progress | None = None
+) -> None:
     host = community_host(settings, community)
     async with open_database(settings) as db:
-        community_id = await _resolve(db, host)
+        community_id = await _resolve(db, host, settings)
         try:
             exported = await export_events(
-                db, community_id, sys.stdout.buffer, now=int(time.time())
+                db, community_id, sys.stdout.buffer, now=int(time.time()), progress=progress
             )
         except OutputClosed:
             # Keep the interpreter from failing again when it flushes stdout at exit.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise
+        finally:
+            if progress is not None:
+                progress.finish()
     print(f"exported {exported} events from {host}", file=sys.stderr)
 
 
@@ -364,6 +392,7 @@ async def import_events(
     report: ImportReport,
     *,
     batch: int = IMPORT_BATCH,
+    progress: Progress | None = None,
 ) -> ImportReport:
     """Store the events of `stream` in file order, counting each line's outcome in `report`.
 
@@ -391,23 +420,42 @@ async def import_events(
                     report.ephemeral += 1
             else:
                 report.add_invalid(number, outcome)
-        if not events:
-            continue
-        try:
-            saving = await db.run(_save_batch, community_id, events)
-        except DatabaseError as exc:  # no connection: nothing of the batch was stored
-            saving = _Saving(failure=(events[0][0], exc))
-        for saved in saving.outcomes:
-            report.add_saved(saved)
-        if saving.failure is not None:
-            failed_line, error = saving.failure
-            raise DatabaseError(
-                f"storing the event of line {failed_line} failed: {error}; "
-                "run the import again to resume"
-            ) from error
+        if events:
+            await _store_batch(db, community_id, events, report)
+        if progress is not None:
+            progress.update(report.read, _import_detail(report))
 
 
-async def import_command(settings: Settings, community: str | None) -> None:
+async def _store_batch(
+    db: Database, community_id: int, events: list[tuple[int, Event]], report: ImportReport
+) -> None:
+    try:
+        saving = await db.run(_save_batch, community_id, events)
+    except DatabaseError as exc:  # no connection: nothing of the batch was stored
+        saving = _Saving(failure=(events[0][0], exc))
+    for saved in saving.outcomes:
+        report.add_saved(saved)
+    if saving.failure is not None:
+        failed_line, error = saving.failure
+        raise DatabaseError(
+            f"storing the event of line {failed_line} failed: {error}; "
+            "run the import again to resume"
+        ) from error
+
+
+def _import_detail(report: ImportReport) -> str:
+    return f"stored {report.stored}, invalid {report.invalid}"
+
+
+async def import_command(
+    settings: Settings,
+    community: str | None,
+    *,
+    allow_invalid: bool = False,
+    progress: Progress | None = None,
+) -> None:
+    """Import stdin into the community; LinesRefused (exit status 1) when a line was invalid,
+    unless `allow_invalid`. The summary is printed either way."""
     host = community_host(settings, community)
     report = ImportReport()
     async with open_database(settings) as db:
@@ -415,10 +463,19 @@ async def import_command(settings: Settings, community: str | None) -> None:
         if applied:
             log.info("applied migrations %s", applied)
         await Communities(db).ensure(list(settings.hosts))
-        community_id = await _resolve(db, host)
+        community_id = await _resolve(db, host, settings)
         if sys.stdin.isatty():
             log.warning("reading events from the terminal; end with Ctrl-D")
         try:
-            await import_events(db, community_id, sys.stdin.buffer, settings.limits, report)
+            await import_events(
+                db, community_id, sys.stdin.buffer, settings.limits, report, progress=progress
+            )
         finally:
+            if progress is not None:
+                progress.finish()
             print(report.render(host), file=sys.stderr)
+    if report.invalid and not allow_invalid:
+        raise LinesRefused(
+            f"{report.invalid} of {report.read} lines were invalid and not imported (the "
+            "others were); --allow-invalid exits 0 for that"
+        )

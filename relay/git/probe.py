@@ -31,6 +31,7 @@ from relay.git.objectstore import (
     TransportError,
     Won,
 )
+from relay.progress import Progress
 
 T = TypeVar("T")
 PROBE_PREFIX = "probe/"
@@ -78,6 +79,7 @@ class Probe:
         rounds: int = 3,
         op_timeout: float = 30.0,
         deadline: float = 300.0,
+        progress: Progress | None = None,
     ) -> None:
         if writers < 2 or rounds < 1:
             raise ValueError("the probe needs at least 2 writers and 1 round")
@@ -88,17 +90,25 @@ class Probe:
         self.op_timeout = op_timeout
         self.deadline = deadline
         self.report = ProbeReport()
+        # Counts store calls (answered or dropped), naming the phase they belong to.
+        self.progress = progress
+        self._phase = ""
 
     async def _op(self, call: Callable[[], Awaitable[T]]) -> T:
         """One store call; a call that never got an HTTP answer is counted and dropped."""
-        with trio.move_on_after(self.op_timeout):
-            try:
-                return await call()
-            except TransportError as exc:
-                self.report.transport_drops += 1
-                raise _Dropped(str(exc)) from exc
-        self.report.transport_drops += 1
-        raise _Dropped(f"no answer within {self.op_timeout} s")
+        try:
+            with trio.move_on_after(self.op_timeout):
+                try:
+                    return await call()
+                except TransportError as exc:
+                    self.report.transport_drops += 1
+                    raise _Dropped(str(exc)) from exc
+            self.report.transport_drops += 1
+            raise _Dropped(f"no answer within {self.op_timeout} s")
+        finally:
+            if self.progress is not None:
+                drops = self.report.transport_drops
+                self.progress.advance(1, f"{self._phase}, {drops} dropped")
 
     async def run(self) -> ProbeReport:
         started = time.monotonic()
@@ -110,6 +120,7 @@ class Probe:
         )
         with trio.move_on_after(self.deadline) as overall:
             for name, phase in phases:
+                self._phase = name
                 try:
                     detail = await phase()
                 except (ProbeFailed, StoreError, _Dropped) as exc:

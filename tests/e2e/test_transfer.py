@@ -196,7 +196,12 @@ async def test_import_applies_the_rules_and_counts_every_line(
         announcement,  # 15
     )
     result = await run_cli(["import", "--community", "beta.test"], db_url, tmp_path, data)
-    assert result.returncode == 0, result.stderr
+    # Invalid lines make the exit status 1; the valid ones are stored all the same.
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.decode().splitlines()[-1] == (
+        "relay: 6 of 14 lines were invalid and not imported (the others were); "
+        "--allow-invalid exits 0 for that"
+    )
     assert summary(result.stderr) == counts(
         read=14, stored=3, superseded=1, deleted=1, invalid=6, skipped=3
     )
@@ -234,7 +239,7 @@ async def test_a_deletion_earlier_in_the_batch_beats_a_stored_duplicate(
 
 async def test_only_the_first_invalid_lines_are_named(db_url: str, tmp_path: Path) -> None:
     data = b"".join(b"[%d]\n" % i for i in range(12)) + jsonl(make_event())
-    result = await run_cli(["import"], db_url, tmp_path, data)
+    result = await run_cli(["import", "--allow-invalid"], db_url, tmp_path, data)
     assert result.returncode == 0, result.stderr
     assert summary(result.stderr) == counts(read=13, stored=1, invalid=12)
     err = result.stderr.decode()
