@@ -22,6 +22,13 @@ class Limits:
     auth_window_seconds: int = 10 * 60
     max_auth_keys: int = 8
     max_outbound_bytes: int = 16 * 1024 * 1024
+    # NIP-77: negentropy sessions open at once on a connection, events one may cover, how
+    # long one may sit idle, and the largest negentropy message the relay sends (bytes
+    # before hex: the NEG-MSG frame is twice that, plus a little).
+    max_neg_sessions: int = 8
+    max_neg_records: int = 500_000
+    neg_idle_seconds: float = 60.0
+    neg_frame_bytes: int = 60_000
 
     def nip11(self) -> dict[str, object]:
         """The NIP-11 `limitation` block (standard keys, then this relay's own)."""

@@ -1,4 +1,5 @@
-"""Client-to-relay frames parsed into values, and relay-to-client frames built (NIP-01/42/45).
+"""Client-to-relay frames parsed into values, and relay-to-client frames built (NIP-01/42/45,
+and NIP-77's NEG-OPEN, NEG-MSG, NEG-CLOSE and NEG-ERR).
 
 Parsing never raises: a frame is either a client message or a `Refusal` carrying the
 exact frame to send back (NOTICE, OK false or CLOSED).
@@ -44,13 +45,34 @@ class ClientAuth:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientNegOpen:
+    sub_id: str
+    filter: Filter
+    message: bytes  # the first negentropy message, hex-decoded
+
+
+@dataclass(frozen=True, slots=True)
+class ClientNegMsg:
+    sub_id: str
+    message: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClientNegClose:
+    sub_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Refusal:
     """A frame that could not be acted on, and the answer for the client."""
 
     reply: str
 
 
-ClientMessage = ClientEvent | ClientReq | ClientCount | ClientClose | ClientAuth
+ClientMessage = (
+    ClientEvent | ClientReq | ClientCount | ClientClose | ClientAuth
+    | ClientNegOpen | ClientNegMsg | ClientNegClose
+)  # fmt: skip
 
 
 def _dump(value: list[Any]) -> str:
@@ -84,6 +106,47 @@ def auth_challenge(challenge: str) -> str:
 def event_frame(sub_id: str, raw_event: str) -> str:
     """An EVENT frame from an event's stored JSON, without decoding it again."""
     return '["EVENT",' + orjson.dumps(sub_id).decode() + "," + raw_event + "]"
+
+
+def neg_msg(sub_id: str, message: bytes) -> str:
+    return _dump(["NEG-MSG", sub_id, message.hex()])
+
+
+def neg_err(sub_id: str, reason: str, max_records: int | None = None) -> str:
+    """NIP-77's error; `max_records` (the 4th element) with a `blocked` one, when known."""
+    extra = [] if max_records is None else [max_records]
+    return _dump(["NEG-ERR", sub_id, reason, *extra])
+
+
+def _parse_negentropy(body: list[Any], verb: str, limits: Limits) -> ClientMessage | Refusal:
+    """NEG-OPEN [id, filter, hex], NEG-MSG [id, hex], NEG-CLOSE [id]; a malformed one is
+    answered NEG-ERR when it names a subscription, else NOTICE."""
+    arity = {"NEG-OPEN": 4, "NEG-MSG": 3, "NEG-CLOSE": 2}[verb]
+    sub_id = body[1] if len(body) > 1 else None
+    if not isinstance(sub_id, str) or not 1 <= len(sub_id) <= limits.max_subid_length:
+        return Refusal(notice(
+            f"invalid: {verb} needs a subscription id of 1 to {limits.max_subid_length} characters"
+        ))  # fmt: skip
+    if len(body) != arity:
+        return Refusal(neg_err(sub_id, f"invalid: {verb} takes {arity - 1} values"))
+    if verb == "NEG-CLOSE":
+        return ClientNegClose(sub_id)
+    raw = body[-1]
+    message = None
+    if isinstance(raw, str) and len(raw) % 2 == 0:
+        try:
+            message = bytes.fromhex(raw)
+        except ValueError:
+            message = None
+    if message is None:
+        return Refusal(neg_err(sub_id, "invalid: the negentropy message must be hex"))
+    if verb == "NEG-MSG":
+        return ClientNegMsg(sub_id, message)
+    try:
+        (flt,) = parse_filters([body[2]], limits)
+    except InvalidFilter as exc:
+        return Refusal(neg_err(sub_id, f"invalid: {exc}"))
+    return ClientNegOpen(sub_id, flt, message)
 
 
 def _event_id_of(obj: object) -> str | None:
@@ -145,6 +208,8 @@ def parse_client_message(frame: str | bytes, limits: Limits) -> ClientMessage | 
         return _parse_event_frame(body, verb)
     if verb in ("REQ", "COUNT"):
         return _parse_subscription(body, verb, limits)
+    if verb in ("NEG-OPEN", "NEG-MSG", "NEG-CLOSE"):
+        return _parse_negentropy(body, verb, limits)
     if verb == "CLOSE":
         if len(body) != 2 or not isinstance(body[1], str):
             return Refusal(notice("invalid: CLOSE takes exactly one subscription id"))

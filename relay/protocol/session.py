@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from relay.events.model import Event
 from relay.protocol.filters import Filter, matches_any
 from relay.protocol.limits import Limits
+
+if TYPE_CHECKING:
+    from relay.protocol.negentropy import Negentropy
 
 
 @dataclass
@@ -27,6 +31,14 @@ class Subscription:
 
 
 @dataclass
+class NegSession:
+    """One NIP-77 reconciliation the client has open (the relay is the server side)."""
+
+    reconciler: Negentropy
+    last_used: float
+
+
+@dataclass
 class Session:
     """One websocket connection's view of the protocol (NIP-01 subscriptions, NIP-42)."""
 
@@ -39,6 +51,8 @@ class Session:
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
     # Immutable, so each EVENT can take it as it is; at most limits.max_auth_keys keys.
     authenticated: frozenset[str] = frozenset()
+    # NIP-77 sessions by id; None until the first (most connections never sync).
+    negentropy: dict[str, NegSession] | None = None
 
     @property
     def hosts(self) -> frozenset[str]:
@@ -97,6 +111,48 @@ class Session:
             else:
                 return send, held, True
         return send, held, False
+
+    # -- NIP-77 ----------------------------------------------------------------------------
+
+    def neg_room(self, sub_id: str, now: float) -> str | None:
+        """Before a NEG-OPEN: drop sessions idle past the limit, close one of the same id
+        (NIP-77: a new NEG-OPEN replaces it); the refusal when the connection already has
+        limits.max_neg_sessions open, or None."""
+        sessions = self.negentropy
+        if sessions is None:
+            return None
+        self._neg_expire(now)
+        sessions.pop(sub_id, None)
+        if len(sessions) >= self.limits.max_neg_sessions:
+            return (
+                "blocked: too many negentropy sessions open on this connection "
+                f"(max {self.limits.max_neg_sessions})"
+            )
+        return None
+
+    def neg_start(self, sub_id: str, reconciler: Negentropy, now: float) -> None:
+        if self.negentropy is None:
+            self.negentropy = {}
+        self.negentropy[sub_id] = NegSession(reconciler, now)
+
+    def neg_session(self, sub_id: str, now: float) -> NegSession | None:
+        """The open session `sub_id`, touched; None when there is none (never opened,
+        closed, or idle past limits.neg_idle_seconds)."""
+        self._neg_expire(now)
+        found = (self.negentropy or {}).get(sub_id)
+        if found is not None:
+            found.last_used = now
+        return found
+
+    def neg_close(self, sub_id: str) -> bool:
+        return self.negentropy is not None and self.negentropy.pop(sub_id, None) is not None
+
+    def _neg_expire(self, now: float) -> None:
+        if not self.negentropy:
+            return
+        idle = self.limits.neg_idle_seconds
+        for sub_id in [s for s, neg in self.negentropy.items() if now - neg.last_used > idle]:
+            del self.negentropy[sub_id]
 
     def go_live(self, sub_id: str, sent_ids: set[str]) -> list[str]:
         """End the stored phase; returns held-back events not already sent, oldest first."""

@@ -20,6 +20,7 @@ from relay.events.rules import check_auth_event
 from relay.events.side_effects import Verdict
 from relay.protocol import messages as msg
 from relay.protocol.session import Session
+from relay.server import sync
 from relay.server.outbox import Outbox
 from relay.server.wsstream import WebSocketStream
 from relay.store.db import DatabaseError
@@ -202,10 +203,21 @@ class ClientConnection:
             return
         # Anything else sees the effect of every EVENT this client sent before it.
         await self._events_settled()
-        if isinstance(parsed, msg.ClientReq | msg.ClientCount) and not await self._allowed(
-            "req"
-        ):
-            await out.put(msg.closed(parsed.sub_id, "rate-limited: slow down, too many requests"))
+        queries = msg.ClientReq | msg.ClientCount | msg.ClientNegOpen
+        if isinstance(parsed, queries) and not await self._allowed("req"):
+            limited = "rate-limited: slow down, too many requests"
+            if isinstance(parsed, msg.ClientNegOpen):
+                await out.put(msg.neg_err(parsed.sub_id, limited))
+            else:
+                await out.put(msg.closed(parsed.sub_id, limited))
+        elif isinstance(parsed, msg.ClientNegOpen):
+            await out.put(
+                await sync.open_session(self.relay.store, self.community_id, self.session, parsed)
+            )
+        elif isinstance(parsed, msg.ClientNegMsg):
+            await out.put(await sync.continue_session(self.session, parsed))
+        elif isinstance(parsed, msg.ClientNegClose):
+            self.session.neg_close(parsed.sub_id)
         elif isinstance(parsed, msg.ClientReq):
             await self._subscribe(parsed)
         elif isinstance(parsed, msg.ClientCount):

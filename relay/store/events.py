@@ -131,6 +131,21 @@ def select_sql(community_id: int, flt: Filter, now: int) -> tuple[str, list[Any]
     return sql, args.values
 
 
+def items_sql(
+    community_id: int, flt: Filter, now: int, max_records: int
+) -> tuple[str, list[Any]]:
+    """(created_at, id) of the filter's events, oldest first, at most `max_records` + 1 (so
+    the caller tells "too many" from "exactly the limit"); the filter's own `limit` does not
+    apply (NIP-77 reconciles the whole set). Only the key columns: no event bodies read."""
+    args = _Args([community_id, now])
+    where = " AND ".join(_conditions(flt, args))
+    sql = (
+        f"SELECT e.created_at, e.id FROM events e WHERE {where}"
+        f" ORDER BY e.created_at, e.id LIMIT {args.add(max_records + 1)}"
+    )
+    return sql, args.values
+
+
 def count_sql(community_id: int, filters: tuple[Filter, ...], now: int) -> tuple[str, list[Any]]:
     """One index-driven scan a filter, joined by UNION (an event that matches several
     counts once): filters ORed in one WHERE made the planner read every event."""
@@ -468,6 +483,24 @@ class EventStore:
             return None if value is None else int(value)
 
         return await self.db.run(fetch)
+
+    async def items(
+        self, community_id: int, flt: Filter, now: int, max_records: int
+    ) -> list[tuple[int, bytes]] | None:
+        """(created_at, id) of the stored, unexpired events matching `flt`, oldest first
+        (NIP-77's order); None when there are more than `max_records`. QueryTooExpensive
+        past the query timeout."""
+        if not flt.can_match_anything():
+            return []
+        sql, args = items_sql(community_id, flt, now, max_records)
+
+        async def fetch(conn: Connection) -> list[Any]:
+            return await _fetch(conn, sql, args, self.query_timeout)
+
+        rows = await self.db.run(fetch)
+        if len(rows) > max_records:
+            return None
+        return [(row["created_at"], bytes(row["id"])) for row in rows]
 
     async def count(self, community_id: int, filters: tuple[Filter, ...], now: int) -> int:
         sql, args = count_sql(community_id, filters, now)
