@@ -236,16 +236,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RELAY_NEG_FRAME_BYTES", "neg_frame_bytes", "60000",
             "largest negentropy message the relay sends, before hex (the NEG-MSG is about"
             " twice that)", _int_in(4096, 16 * 1024 * 1024)),
-    Setting("RELAY_MAX_NEG_SESSIONS", "max_neg_sessions", "8",
-            "NIP-77 negentropy sessions open at once on one connection", _int_in(1, 1000)),
-    Setting("RELAY_NEG_MAX_RECORDS", "max_neg_records", "500000",
-            "events one NIP-77 session may cover (NEG-ERR blocked: too many records beyond)",
-            _int_in(1, 100_000_000)),
-    Setting("RELAY_NEG_IDLE_SECONDS", "neg_idle_seconds", "60",
-            "a NIP-77 session idle this long is closed", _float_in(1, 86400)),
-    Setting("RELAY_NEG_FRAME_BYTES", "neg_frame_bytes", "60000",
-            "largest negentropy message the relay sends, before hex (the NEG-MSG is about"
-            " twice that)", _int_in(4096, 16 * 1024 * 1024)),
     Setting("RELAY_MAX_FILTER_VALUES", "max_filter_values", "1000",
             "values in one filter field (ids, authors, kinds, #x)", _int_in(1, 100_000)),
     Setting("RELAY_MAX_FUTURE_SECONDS", "max_future_seconds", "900",
@@ -370,10 +360,6 @@ class Settings:
     max_tag_value_bytes: int
     max_subid_length: int
     max_auth_keys: int
-    max_neg_sessions: int
-    max_neg_records: int
-    neg_idle_seconds: float
-    neg_frame_bytes: int
     max_neg_sessions: int
     max_neg_records: int
     neg_idle_seconds: float
