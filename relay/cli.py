@@ -51,6 +51,7 @@ COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
     "community": _DATABASE,
     "export": (*_DATABASE, "HOSTS"),
     "import": (*_DATABASE, "HOSTS", *_EVENT_LIMITS),
+    "sync": (*_DATABASE, "HOSTS", *_EVENT_LIMITS, "MAX_FILTER_VALUES", "NEG_MAX_*", "NEG_FRAME_*"),
     "probe": (*_OBJECT_STORE, "GIT_PROBE_*"),
     "gc": _OBJECT_STORE,
     "keygen": (),
@@ -287,6 +288,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 0 even when lines were invalid (they are still counted and named)",
     )  # fmt: skip
     _progress_options(import_, "lines")
+    sync = _command(
+        commands,
+        "sync",
+        "reconcile a community with another relay (NIP-77) and copy what either lacks",
+        "Reconciles the community's events matching --filter (default {}: all) with the\n"
+        "relay at URL (ws:// or wss://, any NIP-77 relay) by negentropy, then copies the\n"
+        "difference: down fetches what this relay lacks (REQ by ids, --batch a REQ) and\n"
+        "stores it as `relay import` does (id and signature checked, replacement and\n"
+        "deletion rules); up sends what the remote lacks (EVENT, each OK read; refusals\n"
+        "are counted and named); both does down, then up. What is fetched is stored batch\n"
+        "by batch, so an interrupted sync resumes when run again. Progress goes to\n"
+        "stderr, then a summary. Exit status 1 when a fetched event was invalid or a sent\n"
+        "one refused (the rest is done all the same) or the remote failed or refused the\n"
+        "reconciliation, 2 for an argument it cannot use.\n"
+        "  relay sync wss://relay.example.com --filter '{\"kinds\":[1]}' --direction both",
+    )
+    sync.add_argument("url", metavar="URL", help="the other relay's websocket URL")
+    sync.add_argument(
+        "--filter", metavar="JSON", help="a NIP-01 filter of the events to reconcile "
+        "(default {}: every event)",
+    )  # fmt: skip
+    sync.add_argument("--community", metavar="HOST", help="default: the first of RELAY_HOSTS")
+    sync.add_argument(
+        "--direction", choices=("down", "up", "both"), default="down",
+        help="down: fetch what this relay lacks (the default); up: send what the other "
+        "lacks; both",
+    )  # fmt: skip
+    sync.add_argument(
+        "--batch", type=int, default=500, metavar="N",
+        help="ids asked for in one REQ, events read from the store at a time (default 500)",
+    )  # fmt: skip
+    _progress_options(sync, "events")
     community = commands.add_parser(
         "community",
         help="list the communities, or add one (served at once, by every pod)",
@@ -442,6 +475,19 @@ def main(argv: list[str] | None = None) -> int:
         runner = partial(_gc, dry_run=args.dry_run, grace=args.grace)
     elif args.command == "probe":
         runner = partial(_probe, progress=_progress(args, "probe", "store calls"))
+    elif args.command == "sync":
+        from relay import sync
+
+        try:
+            options = sync.parse_options(
+                args.url, args.filter, args.direction, args.batch, settings.limits
+            )
+        except OperatorError as exc:
+            return _fail(exc)
+        runner = partial(
+            sync.sync_command, options=options, community=args.community,
+            progress=partial(Progress, seconds=args.progress_seconds, count=args.progress_count),
+        )  # fmt: skip
     elif runner is None:
         from relay import transfer
 

@@ -22,6 +22,9 @@ drop pointers. An invalid line is counted and named, and makes the exit status 1
 operator allows it (`--allow-invalid`): the valid lines are stored either way.
 
 Both report progress on stderr (relay/progress.py): events written, lines read.
+
+`relay sync` (relay/sync.py) stores what it fetches from another relay through the same
+checks and the same storing path (`check_event`, `store_events`).
 """
 
 from __future__ import annotations
@@ -98,7 +101,8 @@ def community_host(settings: Settings, community: str | None) -> str:
     return host
 
 
-async def _resolve(db: Database, host: str, settings: Settings) -> int:
+async def resolve_community(db: Database, host: str, settings: Settings) -> int:
+    """The id of the community `host` names; UnknownCommunity when there is none."""
     try:
         community_id = await Communities(db).resolve(host)
     except DatabaseError as exc:
@@ -182,7 +186,7 @@ async def export_command(
 ) -> None:
     host = community_host(settings, community)
     async with open_database(settings) as db:
-        community_id = await _resolve(db, host, settings)
+        community_id = await resolve_community(db, host, settings)
         try:
             exported = await export_events(
                 db, community_id, sys.stdout.buffer, now=int(time.time()), progress=progress
@@ -201,22 +205,13 @@ async def export_command(
 
 
 @dataclass
-class ImportReport:
-    read: int = 0
+class SaveCounts:
+    """The outcomes of events stored as import stores them (`store_events`)."""
+
     stored: int = 0
     duplicate: int = 0
     superseded: int = 0
     deleted: int = 0
-    invalid: int = 0
-    skipped: int = 0
-    expired: int = 0  # of the skipped: NIP-40 expired
-    ephemeral: int = 0  # of the skipped: ephemeral kinds and kind 22242
-    problems: list[str] = field(default_factory=list)  # the first invalid lines, named
-
-    def add_invalid(self, line: int, reason: str) -> None:
-        self.invalid += 1
-        if len(self.problems) < REPORTED_INVALID:
-            self.problems.append(f"line {line}: {reason}")
 
     def add_saved(self, outcome: Saved) -> None:
         if outcome is Saved.STORED:
@@ -229,6 +224,21 @@ class ImportReport:
             self.deleted += 1
         else:  # REFUSED needs a precondition, which an import never passes
             raise AssertionError(f"unexpected save outcome {outcome}")
+
+
+@dataclass
+class ImportReport(SaveCounts):
+    read: int = 0
+    invalid: int = 0
+    skipped: int = 0
+    expired: int = 0  # of the skipped: NIP-40 expired
+    ephemeral: int = 0  # of the skipped: ephemeral kinds and kind 22242
+    problems: list[str] = field(default_factory=list)  # the first invalid lines, named
+
+    def add_invalid(self, line: int, reason: str) -> None:
+        self.invalid += 1
+        if len(self.problems) < REPORTED_INVALID:
+            self.problems.append(f"line {line}: {reason}")
 
     def render(self, host: str) -> str:
         lines = [
@@ -277,6 +287,12 @@ def check_line(line: bytes, limits: Limits, now: int) -> Event | Skip | str:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
         return f"not JSON: {exc}"
+    return check_event(obj, limits, now)
+
+
+def check_event(obj: object, limits: Limits, now: int) -> Event | Skip | str:
+    """The event to store, a reason to skip it, or why `obj` (a decoded event) is invalid:
+    the checks of the websocket path, the kind-specific validators, id and signature."""
     try:
         event = parse_event(obj)
         expiration = rules.expiration_of(event)
@@ -426,17 +442,28 @@ async def import_events(
             progress.update(report.read, _import_detail(report))
 
 
-async def _store_batch(
-    db: Database, community_id: int, events: list[tuple[int, Event]], report: ImportReport
-) -> None:
+async def store_events(
+    db: Database, community_id: int, events: list[tuple[int, Event]], counts: SaveCounts
+) -> tuple[int, Exception] | None:
+    """Store checked events in order as import does (see _save_batch), durably before this
+    returns, counting each outcome in `counts`. Each event comes with a number naming it
+    (a line, a position); the number and the error of the event whose storing failed (it
+    and those after it are not stored, those before it are), or None."""
     try:
         saving = await db.run(_save_batch, community_id, events)
     except DatabaseError as exc:  # no connection: nothing of the batch was stored
         saving = _Saving(failure=(events[0][0], exc))
     for saved in saving.outcomes:
-        report.add_saved(saved)
-    if saving.failure is not None:
-        failed_line, error = saving.failure
+        counts.add_saved(saved)
+    return saving.failure
+
+
+async def _store_batch(
+    db: Database, community_id: int, events: list[tuple[int, Event]], report: ImportReport
+) -> None:
+    failure = await store_events(db, community_id, events, report)
+    if failure is not None:
+        failed_line, error = failure
         raise DatabaseError(
             f"storing the event of line {failed_line} failed: {error}; "
             "run the import again to resume"
@@ -463,7 +490,7 @@ async def import_command(
         if applied:
             log.info("applied migrations %s", applied)
         await Communities(db).ensure(list(settings.hosts))
-        community_id = await _resolve(db, host, settings)
+        community_id = await resolve_community(db, host, settings)
         if sys.stdin.isatty():
             log.warning("reading events from the terminal; end with Ctrl-D")
         try:
