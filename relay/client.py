@@ -235,11 +235,11 @@ async def _exchange(
     ) as exc:  # fmt: skip
         if done:
             return done[0]
-        raise _failure(url, timeout, exc) from None
+        raise connection_failure(url, timeout, exc) from None
     return done[0]
 
 
-def _failure(url: str, timeout: float, exc: Exception) -> RelayError:
+def connection_failure(url: str, timeout: float, exc: Exception) -> RelayError:
     if isinstance(exc, trio.TooSlowError | trio_websocket.ConnectionTimeout):
         return RelayError(f"no answer from {url} within {timeout:g} s")
     if isinstance(exc, trio_websocket.ConnectionRejected):
@@ -276,7 +276,7 @@ def _reason(exc: BaseException) -> str:
     return str(found[0]) if found and str(found[0]) else "the websocket handshake failed"
 
 
-async def _next_frame(ws: trio_websocket.WebSocketConnection) -> list[Any]:
+async def next_frame(ws: trio_websocket.WebSocketConnection) -> list[Any]:
     """The next frame that is a JSON array; other frames are skipped."""
     while True:
         try:
@@ -290,7 +290,7 @@ async def _next_frame(ws: trio_websocket.WebSocketConnection) -> list[Any]:
 async def _publish_on(ws: trio_websocket.WebSocketConnection, event: Event) -> str:
     await ws.send_message(orjson.dumps(["EVENT", event.to_dict()]).decode())
     while True:
-        frame = await _next_frame(ws)
+        frame = await next_frame(ws)
         if frame[0] == "OK" and len(frame) >= 3 and frame[1] == event.id:
             message = str(frame[3]) if len(frame) > 3 else ""
             if frame[2] is not True:
@@ -303,7 +303,7 @@ async def _query_on(ws: trio_websocket.WebSocketConnection, flt: dict[str, Any])
     await ws.send_message(orjson.dumps(["REQ", sub_id, flt]).decode())
     events: list[Event] = []
     while True:
-        frame = await _next_frame(ws)
+        frame = await next_frame(ws)
         if len(frame) < 2 or frame[1] != sub_id:
             continue
         if frame[0] == "EOSE":

@@ -39,7 +39,7 @@ import trio
 import trio_websocket
 
 from relay.app import open_database
-from relay.client import RelayError, UsageError, _failure, _next_frame, relay_url
+from relay.client import RelayError, UsageError, connection_failure, next_frame, relay_url
 from relay.config import Settings
 from relay.errors import OperatorError, redact_urls
 from relay.events.model import Event
@@ -195,7 +195,7 @@ class Remote:
     async def receive(self) -> list[Any]:
         with trio.fail_after(REPLY_SECONDS):
             while True:
-                frame = await _next_frame(self.ws)
+                frame = await next_frame(self.ws)
                 if frame[0] == "NOTICE":
                     self.notice = _words(frame[1]) if len(frame) > 1 else ""
                     continue
@@ -223,7 +223,7 @@ async def talk(url: str, work: Callable[[Remote], Awaitable[T]]) -> T:
         trio.TooSlowError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed, OSError
     ) as exc:  # fmt: skip
         if not done and not failed:
-            error = _failure(url, REPLY_SECONDS, exc)
+            error = connection_failure(url, REPLY_SECONDS, exc)
             if remote is not None and remote.notice:
                 error = RelayError(f"{error} (its last NOTICE: {remote.notice!r})")
             raise error from None
