@@ -38,7 +38,6 @@ import orjson
 import trio
 import trio_websocket
 
-from relay.app import open_database
 from relay.client import RelayError, UsageError, connection_failure, next_frame, relay_url
 from relay.config import Settings
 from relay.errors import OperatorError, redact_urls
@@ -55,16 +54,13 @@ from relay.protocol.negentropy import (
     from_hex,
     to_hex,
 )
-from relay.store.communities import Communities
 from relay.store.db import Database, DatabaseError
 from relay.store.events import EventStore
-from relay.store.migrations import migrate
 from relay.transfer import (
     SaveCounts,
     Skip,
     check_event,
-    community_host,
-    resolve_community,
+    open_community,
     store_events,
 )
 
@@ -453,14 +449,8 @@ async def sync_command(
     """Reconcile the community with the relay at `options.url` and move the difference as
     `options.direction` says; the summary goes to stderr once reconciled. SyncIncomplete
     (exit status 1) when a fetched event was invalid or a sent one refused."""
-    host = community_host(settings, community)
     report = SyncReport()
-    async with open_database(settings) as db:
-        applied = await migrate(db)
-        if applied:
-            log.info("applied migrations %s", applied)
-        await Communities(db).ensure(list(settings.hosts))
-        community_id = await resolve_community(db, host, settings)
+    async with open_community(settings, community) as (db, community_id, host):
         store = EventStore(db, QUERY_TIMEOUT_SECONDS)
         limit = settings.max_neg_records
         items = await store.items(community_id, options.parsed, int(time.time()), limit)

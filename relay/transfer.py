@@ -33,7 +33,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import BinaryIO, Concatenate, ParamSpec, TypeVar
 
@@ -474,6 +475,22 @@ def _import_detail(report: ImportReport) -> str:
     return f"stored {report.stored}, invalid {report.invalid}"
 
 
+@asynccontextmanager
+async def open_community(
+    settings: Settings, community: str | None
+) -> AsyncIterator[tuple[Database, int, str]]:
+    """The database with migrations applied and the RELAY_HOSTS communities made, and the
+    id and host of `--community` (default the first of RELAY_HOSTS): what a command that
+    writes a community's events starts from."""
+    host = community_host(settings, community)
+    async with open_database(settings) as db:
+        applied = await migrate(db)
+        if applied:
+            log.info("applied migrations %s", applied)
+        await Communities(db).ensure(list(settings.hosts))
+        yield db, await resolve_community(db, host, settings), host
+
+
 async def import_command(
     settings: Settings,
     community: str | None,
@@ -483,14 +500,8 @@ async def import_command(
 ) -> None:
     """Import stdin into the community; LinesRefused (exit status 1) when a line was invalid,
     unless `allow_invalid`. The summary is printed either way."""
-    host = community_host(settings, community)
     report = ImportReport()
-    async with open_database(settings) as db:
-        applied = await migrate(db)
-        if applied:
-            log.info("applied migrations %s", applied)
-        await Communities(db).ensure(list(settings.hosts))
-        community_id = await resolve_community(db, host, settings)
+    async with open_community(settings, community) as (db, community_id, host):
         if sys.stdin.isatty():
             log.warning("reading events from the terminal; end with Ctrl-D")
         try:

@@ -136,6 +136,17 @@ class NostrClient:
         await self.send(["EVENT", event.to_dict()])
         return await self.recv()
 
+    async def publish_many(self, events: list[Event], window: int = 200) -> None:
+        """EVENT frames sent `window` at a time, each batch's OKs read; every OK must be
+        true."""
+        for start in range(0, len(events), window):
+            batch = events[start : start + window]
+            for event in batch:
+                await self.send(["EVENT", event.to_dict()])
+            for _ in batch:
+                frame = await self.recv()
+                assert frame[0] == "OK" and frame[2] is True, frame
+
     async def publish_auth(self, event: Event) -> list[Any]:
         await self.send(["AUTH", event.to_dict()])
         return await self.recv()

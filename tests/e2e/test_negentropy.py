@@ -21,17 +21,6 @@ from tests.services import start_relay
 FILTER = {"kinds": [1]}
 
 
-async def publish_all(client: NostrClient, events: list[Event], window: int = 200) -> None:
-    """EVENT frames sent `window` at a time, every OK read (all must be true)."""
-    for start in range(0, len(events), window):
-        batch = events[start : start + window]
-        for event in batch:
-            await client.send(["EVENT", event.to_dict()])
-        for _ in batch:
-            frame = await client.recv()
-            assert frame[0] == "OK" and frame[2] is True, frame
-
-
 def items(events: list[Event]) -> list[tuple[int, bytes]]:
     return sorted((e.created_at, bytes.fromhex(e.id)) for e in events)
 
@@ -70,7 +59,7 @@ async def test_a_client_learns_what_it_lacks_and_what_the_relay_lacks(
     only_client = [make_event(key, created_at=base + i) for i in range(25)]
     other_kind = [make_event(key, kind=7, created_at=base) for _ in range(10)]
     async with connect(relay.port) as client:
-        await publish_all(client, shared + only_relay + other_kind)
+        await client.publish_many(shared + only_relay + other_kind)
         # Deleted events are not in the relay's set.
         gone = shared[0]
         deletion = make_event(key, kind=kinds.DELETION, content="", tags=[["e", gone.id]])
@@ -91,7 +80,7 @@ async def test_limits_and_errors(nursery: trio.Nursery, db_url: str, tmp_path: P
     )
     key = new_key()
     async with connect(relay.port) as client:
-        await publish_all(client, [make_event(key) for _ in range(101)])
+        await client.publish_many([make_event(key) for _ in range(101)])
         empty = Negentropy(Storage([])).initiate().hex()
         await client.send(["NEG-OPEN", "big", FILTER, empty])
         frame = await client.recv()
@@ -145,7 +134,7 @@ async def test_rust_nostr_syncs_against_the_relay(
     on_relay = [signed(i, "both") for i in range(11_000)]
     own = [signed(i, "mine") for i in range(500)]
     async with connect(relay.port) as client:
-        await publish_all(client, [_event(e) for e in on_relay], window=500)
+        await client.publish_many([_event(e) for e in on_relay], window=500)
 
     async def session() -> Any:
         """The client's own set given as negentropy items (rust-nostr's default client

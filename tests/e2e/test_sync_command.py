@@ -91,16 +91,9 @@ def transfers(stderr: bytes) -> dict[str, int]:
     return {k: v for k, v in counts.items() if k not in ("keys", "have", "need")}
 
 
-async def publish_all(port: int, events: list[Event], window: int = 100) -> None:
-    """Publish on one connection, `window` EVENTs before their OKs; every OK must be true."""
+async def publish_all(port: int, events: list[Event]) -> None:
     async with connect(port) as client:
-        for start in range(0, len(events), window):
-            batch = events[start : start + window]
-            for event in batch:
-                await client.send(["EVENT", event.to_dict()])
-            for _ in batch:
-                frame = await client.recv()
-                assert frame[0] == "OK" and frame[2] is True, frame
+        await client.publish_many(events, window=100)
 
 
 async def ids_on(db_url: str, host: str = HOST) -> set[str]:
