@@ -37,6 +37,7 @@ from relay.metrics import Metrics, TimedObjectStore
 from relay.pubsub.fanout import Fanout
 from relay.pubsub.redis_bridge import RedisBridge
 from relay.server.listener import handle_stream
+from relay.server.management import Moderation
 from relay.server.ratelimit import RateLimiter
 from relay.startup import startup_lines
 from relay.store.communities import Communities
@@ -45,6 +46,7 @@ from relay.store.embedded import embedded_postgres
 from relay.store.events import EventStore
 from relay.store.group_commit import GroupCommit
 from relay.store.migrations import migrate
+from relay.store.moderation import ModerationStore
 from relay.wiring import Relay
 
 __all__ = ["Relay", "open_relay", "serve"]
@@ -169,6 +171,17 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
             hosts_of=communities.hosts_of,
             cache=PackCache(scratch / PACK_CACHE_DIR, cache_bytes) if cache_bytes else None,
         )
+        moderation = Moderation(
+            ModerationStore(db),
+            admins=settings.admin_pubkeys,
+            https=settings.public_url.startswith("wss://"),
+            auth_window=settings.git_auth_window_seconds,
+            hosts_of=communities.hosts_of,
+            redis_url=settings.redis_url,
+            prefix=settings.redis_prefix,
+        )
+        await moderation.reload()
+        ingest.moderation = moderation.refusal
         relay = Relay(
             settings=settings,
             limits=limits,
@@ -184,12 +197,14 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
             limiter=RateLimiter(settings.rate, settings.redis_url, settings.redis_prefix),
             ref_states=ref_states,
             git=git,
+            moderation=moderation,
             bridge=bridge,
         )
         try:
             yield relay
         finally:
             await relay.limiter.aclose()
+            await moderation.aclose()
 
 
 def wire_git(
@@ -267,6 +282,7 @@ async def serve(
         background.start_soon(relay.ingest.verifier.run)
         background.start_soon(purge_expired_forever, relay)
         background.start_soon(relay.prober.run)
+        background.start_soon(relay.moderation.run)
         background.start_soon(
             sweep_forever, relay.git.grasp, min(SWEEP_SECONDS, settings.git_purgatory_seconds)
         )

@@ -156,6 +156,14 @@ def _secret_key(value: str) -> str | None:
     return value.lower()
 
 
+def _pubkeys(value: str) -> frozenset[str]:
+    keys = [item.strip() for item in value.split(",") if item.strip()]
+    for key in keys:
+        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+            raise ValueError(f"{key!r} is not 64 lowercase hex characters (a pubkey)")
+    return frozenset(keys)
+
+
 def _pubkey(value: str) -> str | None:
     if not value:
         return None
@@ -198,6 +206,9 @@ SETTINGS: tuple[Setting, ...] = (
             "NIP-11 description", _text),
     Setting("RELAY_ADMIN_PUBKEY", "admin_pubkey", "",
             "NIP-11 pubkey of the operator (hex); empty uses the relay key", _pubkey),
+    Setting("RELAY_ADMIN_PUBKEYS", "admin_pubkeys", "",
+            "hex pubkeys (comma-separated) that administer every community over NIP-86",
+            _pubkeys),
     Setting("RELAY_CONTACT", "contact", "", "NIP-11 contact", _optional_text),
     Setting("RELAY_LOG_LEVEL", "log_level", "info", "debug, info, warning or error",
             _choice("debug", "info", "warning", "error")),
@@ -346,6 +357,7 @@ class Settings:
     name: str
     description: str
     admin_pubkey: str | None
+    admin_pubkeys: frozenset[str]
     contact: str | None
     log_level: str
     log_format: str

@@ -26,6 +26,7 @@ from relay.probes import Check, Prober
 from relay.protocol.limits import Limits
 from relay.pubsub.fanout import Fanout
 from relay.pubsub.redis_bridge import RedisBridge
+from relay.server.management import Moderation
 from relay.server.ratelimit import RateLimiter
 from relay.store.communities import Communities
 from relay.store.db import Database
@@ -51,6 +52,7 @@ class Relay:
     limiter: RateLimiter
     ref_states: RefStates
     git: GitService
+    moderation: Moderation
     bridge: RedisBridge | None = None
     # Set on SIGTERM: stop accepting, close websockets with 1001, let work in flight finish.
     shutdown: trio.Event = field(default_factory=trio.Event)

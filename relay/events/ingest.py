@@ -57,16 +57,25 @@ class Ingest:
         self.side_effects: dict[int, SideEffect] = {}
         self.validators: dict[int, Callable[[Event], str | None]] = {}
         self.after_removal: list[AfterRemoval] = []
+        # The community's moderation (NIP-86 bans and allow-list): a refusal or None.
+        self.moderation: Callable[[int, Event], str | None] | None = None
         self.verifier = BatchVerifier()
 
     def precheck(
-        self, event: Event, raw: str, authenticated: Collection[str], now: int
+        self,
+        event: Event,
+        raw: str,
+        authenticated: Collection[str],
+        now: int,
+        community_id: int | None = None,
     ) -> str | None:
         """Every rule but the signature, cheapest first; the refusal reason or None."""
         validator = self.validators.get(event.kind)
+        banned = self.moderation(community_id, event) if self.moderation and community_id else None
         return (
             rules.check_shape_limits(event, len(raw.encode()), self.limits, now)
             or rules.check_publishable(event, authenticated)
+            or banned
             or (validator(event) if validator else None)
         )
 
@@ -74,7 +83,8 @@ class Ingest:
         self, community_id: int, event: Event, authenticated: Collection[str], now: int
     ) -> Verdict:
         raw = event.to_json()
-        refusal = self.precheck(event, raw, authenticated, now) or await self.verifier.check(event)
+        refusal = self.precheck(event, raw, authenticated, now, community_id)
+        refusal = refusal or await self.verifier.check(event)
         if refusal is not None:
             return Verdict(False, refusal)
         if storage_class(event.kind) is Storage.EPHEMERAL:

@@ -29,6 +29,7 @@ from relay.http import (
 from relay.metrics import CONTENT_TYPE as METRICS_TYPE
 from relay.protocol.hosts import normalize_host
 from relay.server.clientaddr import ClientAddress, resolve_client
+from relay.server.management import is_management
 from relay.server.nip11 import information_document
 from relay.server.ratelimit import rate_limited
 from relay.server.upgrade import check_upgrade
@@ -137,6 +138,10 @@ async def route(
     if host is None or community_id is None:
         await respond(stream, 404, b"unknown host\n")
         return
+    if relay.moderation.ip_blocked(community_id, client.ip):
+        request.persistent = False
+        await respond(stream, 403, b"blocked: this address is blocked here\n")
+        return
     if request.method == "OPTIONS":
         await respond(stream, 204, b"", extra_headers=PREFLIGHT_HEADERS)
         return
@@ -146,7 +151,9 @@ async def route(
     if request.path != "/":
         await respond(stream, 404, b"not found\n")
         return
-    if request.wants_websocket:
+    if is_management(request):
+        await relay.moderation.handle(stream, request, community_id, host)
+    elif request.wants_websocket:
         request.persistent = False  # taken over, or refused: never a next request
         if relay.shutdown.is_set():
             await respond(stream, 503, b"shutting down\n", extra_headers=[("Retry-After", "1")])
@@ -159,6 +166,7 @@ async def route(
     elif request.method in ("GET", "HEAD") and NIP11_TYPE in request.header("accept"):
         doc = information_document(relay.settings, relay.pubkey)
         doc.update(relay.settings.rate.nip11())
+        doc.update(relay.moderation.info(community_id))  # NIP-86 changerelayname, ...
         await respond(stream, 200, orjson.dumps(doc), NIP11_TYPE)
     else:
         await respond(
