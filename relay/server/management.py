@@ -45,6 +45,9 @@ MAX_BODY_BYTES = 64 * 1024
 RELOAD_SECONDS = 1.0
 RELOAD_WITH_REDIS_SECONDS = 30.0
 REDIS_SECONDS = 1.0
+# A ban that deletes a pubkey's events deletes them once more after this long: what another
+# pod accepted before the ban reached it (within RELOAD_SECONDS) goes too.
+PURGE_AGAIN_SECONDS = 2 * RELOAD_SECONDS
 
 METHODS = (
     "supportedmethods",
@@ -241,6 +244,7 @@ class Moderation:
             aioredis.Redis.from_url(redis_url, socket_timeout=REDIS_SECONDS) if redis_url else None
         )
         self._reload_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
 
     # -- the checks ingest and the listener make ------------------------------------------
 
@@ -264,6 +268,7 @@ class Moderation:
         """Keep this pod's copy current: through Redis when configured (plus a slow
         periodic reload), else by reading Postgres every RELOAD_SECONDS."""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._reload_forever)
             if self._redis is not None:
                 nursery.start_soon(self._listen_forever)
@@ -276,6 +281,16 @@ class Moderation:
                 await self.reload()
             except Exception as exc:
                 log.warning("reloading the moderation state failed: %s", exc)
+
+    async def _purge_again(self, community_id: int, pubkey: str) -> None:
+        await trio.sleep(PURGE_AGAIN_SECONDS)
+        try:
+            deleted = await self.store.purge_banned(community_id, pubkey)
+        except Exception as exc:
+            log.warning("deleting the events of banned %s again failed: %s", pubkey, exc)
+            return
+        if deleted:
+            log.info("management: deleted %d more events of banned %s", deleted, pubkey)
 
     async def _listen_forever(self) -> None:
         assert self._redis is not None
@@ -373,6 +388,8 @@ class Moderation:
                 deleted = await store.set_pubkey(cid, BANNED, pubkey, reason, purge=purge)
                 if purge:
                     log.info("management: deleted %d events of %s", deleted, pubkey)
+                    if self._nursery is not None:
+                        self._nursery.start_soon(self._purge_again, cid, pubkey)
             case "unbanpubkey":
                 await store.unset_pubkey(cid, BANNED, hex32(p, "public key"))
             case "allowpubkey":

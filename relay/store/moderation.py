@@ -60,6 +60,15 @@ async def _set_pubkey(
         return int(status.split()[-1])
 
 
+async def _purge_banned(conn: Connection, community_id: int, pubkey: str) -> int:
+    status = await conn.execute(
+        "DELETE FROM events WHERE community_id = $1 AND pubkey = $2 AND EXISTS (SELECT 1"
+        " FROM moderation_pubkeys WHERE community_id = $1 AND list = 'banned' AND pubkey = $3)",
+        community_id, bytes.fromhex(pubkey), pubkey,
+    )  # fmt: skip
+    return int(status.split()[-1])
+
+
 async def _unset_pubkey(conn: Connection, community_id: int, list_name: str, pubkey: str) -> None:
     await conn.execute(
         "DELETE FROM moderation_pubkeys WHERE community_id = $1 AND list = $2 AND pubkey = $3",
@@ -130,6 +139,10 @@ class ModerationStore:
     ) -> int:
         """Put `pubkey` on a list; with `purge`, delete its stored events (how many)."""
         return await self._db.run(_set_pubkey, community_id, list_name, pubkey, reason, purge)
+
+    async def purge_banned(self, community_id: int, pubkey: str) -> int:
+        """Delete the stored events of `pubkey` if it is still banned; how many."""
+        return await self._db.run(_purge_banned, community_id, pubkey)
 
     async def unset_pubkey(self, community_id: int, list_name: str, pubkey: str) -> None:
         await self._db.run(_unset_pubkey, community_id, list_name, pubkey)
