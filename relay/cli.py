@@ -54,6 +54,7 @@ COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
     "sync": (*_DATABASE, "HOSTS", *_EVENT_LIMITS, "MAX_FILTER_VALUES", "NEG_MAX_*", "NEG_FRAME_*"),
     "probe": (*_OBJECT_STORE, "GIT_PROBE_*"),
     "gc": _OBJECT_STORE,
+    "admin": (*_DATABASE, "HOSTS", "REDIS_*"),
     "keygen": (),
 }
 
@@ -320,6 +321,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="ids asked for in one REQ, events read from the store at a time (default 500)",
     )  # fmt: skip
     _progress_options(sync, "events")
+    admin = _command(
+        commands,
+        "admin",
+        "NIP-86 management of a community from the shell (bans, allow-list, blocked IPs)",
+        "Runs one NIP-86 method for the community (--community, default the first of\n"
+        "RELAY_HOSTS) through the same code as the relay's endpoint, writing the same\n"
+        "tables; running pods see it within a second. Prints the method's result (JSON).\n"
+        "Methods: supportedmethods, banpubkey PUBKEY [REASON] [delete], unbanpubkey,\n"
+        "listbannedpubkeys, allowpubkey PUBKEY [REASON], unallowpubkey, listallowedpubkeys,\n"
+        "banevent ID [REASON], allowevent ID, listbannedevents, blockip ADDRESS [REASON],\n"
+        "unblockip ADDRESS, listblockedips, changerelayname NAME, changerelaydescription\n"
+        "TEXT; and the community's own admins (who may call the endpoint besides\n"
+        "RELAY_ADMIN_PUBKEYS): addadmin PUBKEY, removeadmin PUBKEY, listadmins. A pubkey\n"
+        "may be hex or an npub; `delete` after a ban's reason also deletes the pubkey's\n"
+        "stored events.\n"
+        "  relay admin --community example.com banpubkey npub1... spam delete",
+    )
+    admin.add_argument("method", help="the NIP-86 method (or addadmin, removeadmin, listadmins)")
+    admin.add_argument("params", nargs="*", help="its parameters, in the NIP's order")
+    admin.add_argument("--community", metavar="HOST", help="default: the first of RELAY_HOSTS")
     community = commands.add_parser(
         "community",
         help="list the communities, or add one (served at once, by every pod)",
@@ -475,6 +496,12 @@ def main(argv: list[str] | None = None) -> int:
         runner = partial(_gc, dry_run=args.dry_run, grace=args.grace)
     elif args.command == "probe":
         runner = partial(_probe, progress=_progress(args, "probe", "store calls"))
+    elif args.command == "admin":
+        from relay.admin import admin_command
+
+        runner = partial(
+            admin_command, community=args.community, method=args.method, params=args.params
+        )
     elif args.command == "sync":
         from relay import sync
 

@@ -12,6 +12,8 @@ import pytest
 import trio
 
 from relay.config import SETTINGS
+from relay.keys import pubkey_hex
+from relay.protocol.bech32 import hex_to_npub
 from tests.helpers import (
     RELAY_CLI,
     RelayUnderTest,
@@ -19,6 +21,7 @@ from tests.helpers import (
     connect,
     http_get,
     make_event,
+    new_key,
 )
 from tests.services import free_port
 
@@ -189,3 +192,46 @@ def test_gc_lists_then_removes_what_no_pointer_reaches(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "removed 1 objects, 2 bytes" in done.stdout
     assert not stray.exists()
+
+
+async def test_relay_admin_manages_a_running_relays_community(
+    relay: RelayUnderTest, tmp_path: Path
+) -> None:
+    """`relay admin` runs the NIP-86 methods from the shell: a ban written there is kept by
+    the running relay within its reload (no Redis here: a second), and admins are listed."""
+    env = {
+        "RELAY_DATABASE_URL": relay.db_url, "RELAY_DATA_DIR": str(tmp_path),
+        "RELAY_HOSTS": "127.0.0.1",
+    }  # fmt: skip
+    key = new_key()
+    npub = hex_to_npub(pubkey_hex(key))
+    before = make_event(key)
+    async with connect(relay.port) as client:
+        assert (await client.publish(before))[2] is True
+
+    def admin(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_relay(["admin", *args], env)
+
+    banned = await trio.to_thread.run_sync(admin, "banpubkey", npub, "spam", "delete")
+    assert banned.returncode == 0, banned.stderr
+    assert banned.stdout.strip() == "true"
+    listed = await trio.to_thread.run_sync(admin, "listbannedpubkeys")
+    assert orjson.loads(listed.stdout) == [{"pubkey": pubkey_hex(key), "reason": "spam"}]
+    with trio.fail_after(10):
+        while True:
+            async with connect(relay.port) as client:
+                answer = await client.publish(make_event(key))
+            if answer[2] is False:
+                break
+            await trio.sleep(0.2)
+    assert answer[3].startswith("blocked:"), answer
+    async with connect(relay.port) as client:
+        assert await client.req("s", {"ids": [before.id]}) == []  # deleted with the ban
+    added = await trio.to_thread.run_sync(admin, "addadmin", npub)
+    assert added.returncode == 0, added.stderr
+    admins = await trio.to_thread.run_sync(admin, "listadmins")
+    assert orjson.loads(admins.stdout) == [pubkey_hex(key)]
+    unknown = await trio.to_thread.run_sync(admin, "nosuchmethod")
+    assert unknown.returncode == 2 and "unknown method 'nosuchmethod'" in unknown.stderr
+    bad = await trio.to_thread.run_sync(admin, "banpubkey", "not-a-key")
+    assert bad.returncode == 2 and "banpubkey:" in bad.stderr, bad.stderr
