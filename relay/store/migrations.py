@@ -11,10 +11,15 @@ its writes. Such a migration must be safe to run again from the start (a failure
 leaves its earlier statements applied and the migration unrecorded): drop what a failed
 run may have left first (`DROP INDEX CONCURRENTLY IF EXISTS ...`). Index changes on
 `events` and `event_tags` are written this way from 0004 on (0003 stays as it was applied).
+
+The lock is waited for by trying it again and again, each try a short statement of its own:
+a pod blocked inside `pg_advisory_lock` would hold a snapshot all along, and `CREATE INDEX
+CONCURRENTLY` in the pod holding the lock waits for every older snapshot to end (a deadlock).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from dataclasses import dataclass
@@ -25,6 +30,7 @@ from relay.store.db import Connection, Database
 
 # An arbitrary constant shared by every pod: "relay migrations".
 MIGRATION_LOCK_KEY = 0x72656C61794D4947
+LOCK_RETRY_SECONDS = 0.2
 _FILE_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 NO_TRANSACTION = "-- relay: no-transaction"
 _STATEMENT_END = re.compile(r";[ \t]*$", re.MULTILINE)
@@ -81,7 +87,8 @@ def load_migrations() -> list[Migration]:
 
 
 async def _apply(conn: Connection, migrations: list[Migration]) -> list[int]:
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY):
+        await asyncio.sleep(LOCK_RETRY_SECONDS)
     try:
         await conn.execute(CREATE_LEDGER)
         rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
