@@ -1,7 +1,8 @@
 """Query latency over a large store: REQ -> EOSE for limit-500 queries over N events.
 
     .venv/bin/python -m bench.query_scale [--events 1000000] [--authors 1000]
-        [--tag-values 100] [--queries 500] [--keep-db | --reuse-db NAME] [--json]
+        [--tag-values 100] [--queries 500] [--shapes tag,authors,search-rare,...]
+        [--keep-db | --reuse-db NAME] [--json]
 
 1. Build: `--events` signed events (kind 1 notes 70 %, kind 7 reactions 20 %, kind 6
    reposts 10 %) by `--authors` keys, one a second backwards from a fixed time, each with
@@ -20,7 +21,14 @@
      (`--events / --tag-values` matches each);
    - `{"authors":[<key>],"kinds":[1],"limit":500}`, the key cycling through all authors
      (about `0.7 x --events / --authors` matches each).
-   Each query must return exactly min(500, matches) events, or the run fails.
+   - NIP-50 search (content `query_scale note <i> ` + `lorem ipsum ` x (i % 8) for kinds
+     1 and 6, `+` for 7; the `simple` configuration splits `query_scale` in two words):
+     `{"search":"note <i>","limit":500}` for i = n x 997 (1 match, none for a reaction),
+     `{"search":"lorem","limit":500}` (about 77 % of the events match: every one is ranked),
+     and `{"search":"lorem","authors":[<key>],"limit":500}` (about 770 matches each).
+   Each query must return exactly min(500, matches) events, or the run fails. `--shapes`
+   picks some of them (default all): tag, authors, search-rare, search-common,
+   search-author.
 
 `--keep-db` leaves the loaded database in place and prints its name; `--reuse-db NAME`
 skips build and load and queries that database (whose events must have been made with the
@@ -175,13 +183,21 @@ class Shape:
     expected: list[int]  # events each filter must return
 
 
+SHAPE_NAMES = ("tag", "authors", "search-rare", "search-common", "search-author")
+
+
 def shapes(events: int, authors: int, tag_values: int) -> list[Shape]:
     per_value = [len(range(v, events, tag_values)) for v in range(tag_values)]
     notes = [0] * authors
-    for i in range(events):
-        if kind_of(i) == 1:
+    lorem = [0] * authors  # events of each author whose content says "lorem"
+    kinds = [kind_of(i) for i in range(events)]
+    for i, kind in enumerate(kinds):
+        if kind == 1:
             notes[i % authors] += 1
+        if kind != 7 and i % 8:
+            lorem[i % authors] += 1
     pubkeys = [make_key(a).pubkey for a in range(authors)]
+    rare = [(n * 997) % events for n in range(1000)]
     return [
         Shape(
             "#t limit 500",
@@ -192,6 +208,24 @@ def shapes(events: int, authors: int, tag_values: int) -> list[Shape]:
             "authors+kinds limit 500",
             [{"authors": [pubkeys[a]], "kinds": [1], "limit": LIMIT} for a in range(authors)],
             [min(LIMIT, n) for n in notes],
+        ),
+        Shape(
+            "search rare limit 500",
+            [{"search": f"note {i}", "limit": LIMIT} for i in rare],
+            [0 if kinds[i] == 7 else 1 for i in rare],
+        ),
+        Shape(
+            "search common limit 500",
+            [{"search": "lorem", "limit": LIMIT}],
+            [min(LIMIT, sum(lorem))],
+        ),
+        Shape(
+            "search+author limit 500",
+            [
+                {"search": "lorem", "authors": [pubkeys[a]], "limit": LIMIT}
+                for a in range(authors)
+            ],
+            [min(LIMIT, n) for n in lorem],
         ),
     ]
 
@@ -253,7 +287,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "events": args.events, "authors": args.authors, "tag_values": args.tag_values,
         "load_average_before": os.getloadavg(),
     }  # fmt: skip
-    plan = shapes(args.events, args.authors, args.tag_values)
+    chosen = [SHAPE_NAMES.index(name) for name in args.shapes]
+    plan = [shapes(args.events, args.authors, args.tag_values)[i] for i in chosen]
     with tempfile.TemporaryDirectory(prefix="relay-qs-") as tmp, database(args) as (url, fresh):
         tmp_path = Path(tmp)
         if fresh:
@@ -279,14 +314,22 @@ def table(report: dict[str, Any]) -> str:
     lines = [
         f"{report['events']:,} events, {report['authors']} authors, {report['tag_values']} "
         "tag values",
-        f"{'query':<26}{'n':>6}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}  errors",
+        f"{'query':<28}{'n':>6}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}  errors",
     ]
     for name, r in report["results"].items():
         lines.append(
-            f"{name:<26}{r['queries']:>6}{r['p50_ms']:>9}{r['p90_ms']:>9}{r['p99_ms']:>9}"
+            f"{name:<28}{r['queries']:>6}{r['p50_ms']:>9}{r['p90_ms']:>9}{r['p99_ms']:>9}"
             f"{r['max_ms']:>9}  {r['error_count']}"
         )
     return "\n".join(lines)
+
+
+def _shape_names(value: str) -> list[str]:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SHAPE_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"shapes are {', '.join(SHAPE_NAMES)}")
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--authors", type=bounded(1, 100_000), default=1000)
     parser.add_argument("--tag-values", type=bounded(1, 100_000), default=100)
     parser.add_argument("--queries", type=bounded(1, 100_000), default=500)
+    parser.add_argument(
+        "--shapes", type=_shape_names, default=list(SHAPE_NAMES),
+        help=f"comma-separated, of {', '.join(SHAPE_NAMES)} (default all)",
+    )  # fmt: skip
     keep = parser.add_mutually_exclusive_group()
     keep.add_argument("--keep-db", action="store_true")
     keep.add_argument("--reuse-db", metavar="NAME")

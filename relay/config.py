@@ -75,6 +75,17 @@ def _text(value: str) -> str:
     return value
 
 
+def _search_config(value: str) -> str:
+    """NIP-50's text search configuration: `simple`, the one the search index is built with
+    (sql/0006_events_search.sql); with another, every search would read the whole table."""
+    if value.strip().lower() != "simple":
+        raise ValueError(
+            f"must be simple, got {value!r}: the search index is built for the simple"
+            " configuration, and another one needs its own index"
+        )
+    return "simple"
+
+
 def _bind(value: str) -> str:
     """An IPv4 or IPv6 address of this host to listen on (IPv6 with or without brackets)."""
     stripped = value.strip()
@@ -341,6 +352,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RELAY_MAX_OUTBOUND_BYTES", "max_outbound_bytes", "16777216",
             "bytes queued for one slow client before it is disconnected",
             _int_in(64 * 1024, 1024 * 1024 * 1024)),
+    Setting("RELAY_SEARCH_CONFIG", "search_config", "simple",
+            "text search configuration of NIP-50 search (only simple: the index is built"
+            " for it)", _search_config),
 )
 
 
@@ -417,6 +431,7 @@ class Settings:
     query_timeout_seconds: float
     compensation_timeout_seconds: float
     max_outbound_bytes: int
+    search_config: str
 
     @property
     def data_path(self) -> Path:

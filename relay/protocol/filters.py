@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from relay.events.model import MAX_KIND, MAX_TIMESTAMP, Event, is_hex
 from relay.protocol.limits import Limits
 
 TAG_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+# NIP-50: the longest `search` string a filter may carry, in characters.
+MAX_SEARCH_LENGTH = 256
+# A NIP-50 extension (`language:en`, `include:spam`, `domain:example.com`): a word, a colon
+# and a value with no space. None is supported, so each is dropped from the query; a URL
+# (`https://…`) is not one and stays.
+_EXTENSION = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*:(?!//)\S*$")
+
+
+def search_words(text: str) -> str:
+    """The query of a NIP-50 `search` string: its words without the extensions."""
+    return " ".join(word for word in text.split() if not _EXTENSION.match(word))
 
 
 class InvalidFilter(ValueError):
@@ -24,8 +37,14 @@ class Filter:
     until: int | None = None
     # The clamped limit for the stored-events query; None only in filters built by code.
     limit: int | None = None
+    # NIP-50: the query words (extensions dropped), matched by the store's full-text search.
+    search: str | None = None
 
     def matches(self, event: Event) -> bool:
+        if self.search is not None:
+            # Search results are ranked over the stored set (NIP-50): a search filter
+            # answers with stored events only and matches no live event.
+            return False
         if self.ids is not None and event.id not in self.ids:
             return False
         if self.authors is not None and event.pubkey not in self.authors:
@@ -52,6 +71,8 @@ class Filter:
         if self.kinds is not None and not self.kinds:
             return False
         if any(not values for _, values in self.tags):
+            return False
+        if self.search is not None and not self.search:
             return False
         return not (
             self.since is not None and self.until is not None and self.since > self.until
@@ -87,6 +108,7 @@ def parse_filter(obj: object, limits: Limits) -> Filter:
     kinds: frozenset[int] | None = None
     tags: list[tuple[str, frozenset[str]]] = []
     since = until = None
+    search: str | None = None
     limit = limits.default_limit
     for key, value in obj.items():
         if key == "ids":
@@ -110,7 +132,13 @@ def parse_filter(obj: object, limits: Limits) -> Filter:
                 raise InvalidFilter("limit must be a non-negative integer")
             limit = min(value, limits.max_limit)
         elif key == "search":
-            raise InvalidFilter("search (NIP-50) is not supported by this relay")
+            if not isinstance(value, str):
+                raise InvalidFilter("search must be a string")
+            if len(value) > MAX_SEARCH_LENGTH:
+                raise InvalidFilter(f"search is longer than {MAX_SEARCH_LENGTH} characters")
+            if "\x00" in value:
+                raise InvalidFilter("search must not contain NUL characters")
+            search = search_words(value)
         elif len(key) == 2 and key[0] == "#" and key[1] in TAG_LETTERS:
             values = _string_list(value, key, limits)
             if any("\x00" in v for v in values):
@@ -128,6 +156,7 @@ def parse_filter(obj: object, limits: Limits) -> Filter:
         since=since,
         until=until,
         limit=limit,
+        search=search,
     )
 
 

@@ -396,9 +396,13 @@ FILTER_CASES: dict[str, tuple[list[Any], str]] = {
         [{"kinds": [1], "#tt": ["x"]}],
         "invalid: unsupported filter field '#tt'",
     ),
-    "search": (
-        [{"kinds": [1], "search": "nostr"}],
-        "invalid: search (NIP-50) is not supported by this relay",
+    "search not a string": (
+        [{"kinds": [1], "search": ["nostr"]}],
+        "invalid: search must be a string",
+    ),
+    "search too long": (
+        [{"kinds": [1], "search": "n" * 257}],
+        "invalid: search is longer than 256 characters",
     ),
     "negative limit": ([{"kinds": [1], "limit": -1}], LIMIT),
     "float limit": ([{"kinds": [1], "limit": 1.5}], LIMIT),

@@ -36,7 +36,8 @@ async def seed(db_url: str) -> int:
         db_url,
         "INSERT INTO events (community_id, id, pubkey, kind, created_at, raw)"
         " SELECT ($1::integer[])[1 + i % $2], sha256(int8send(i)),"
-        " sha256(int8send(i % 500)), i % 40, 1700000000 + i, '{}'"
+        " sha256(int8send(i % 500)), i % 40, 1700000000 + i,"
+        " '{\"content\":\"word' || (i % 1000) || ' common\",\"tags\":[]}'"
         " FROM generate_series(1, 60000) AS i",
         cids,
         COMMUNITIES,
@@ -69,6 +70,9 @@ SHAPES: dict[str, tuple[Filter, ...]] = {
     ),
     "since and until": (Filter(since=1700001000, until=1700002000, limit=500),),
     "nothing but a limit": (Filter(limit=500),),
+    "search": (Filter(search="word7", limit=500),),
+    "search and kinds": (Filter(kinds=frozenset({1, 7}), search="word7 common", limit=500),),
+    "search and an author": (Filter(authors=frozenset({HEX}), search="word7", limit=500),),
     "ten filters of 99 kinds and 50 #p": tuple(
         Filter(kinds=frozenset(range(i, i + 99)), tags=(("p", pubkeys(50)),), limit=500)
         for i in range(10)
@@ -103,3 +107,22 @@ async def test_no_filter_shape_reads_every_event(db_url: str, shape: str) -> Non
     for query, args in queries:
         plan = await plan_of(db_url, query, args)
         assert not seq_scans(plan), f"{shape}: sequential scan in\n{query}\n{plan}"
+
+
+async def test_search_reads_the_search_index(db_url: str) -> None:
+    """NIP-50: the query spells the indexed expression (config included), so the plan reads
+    events_search, led by community_id, rather than each event's document."""
+    cid = await seed(db_url)
+    for flt in (Filter(search="word7", limit=500), Filter(kinds=frozenset({7}), search="word7")):
+        query, args = select_sql(cid, flt, NOW)
+        plan = await plan_of(db_url, query, args)
+        assert "events_search" in index_names(plan), f"{query}\n{plan}"
+        query, args = count_sql(cid, (flt,), NOW)
+        assert "events_search" in index_names(await plan_of(db_url, query, args))
+
+
+def index_names(plan: dict[str, Any]) -> list[str]:
+    found = [plan["Index Name"]] if "Index Name" in plan else []
+    for child in plan.get("Plans", []):
+        found += index_names(child)
+    return found

@@ -84,7 +84,11 @@ def test_tag_order_does_not_matter() -> None:
         ({"limit": 1.0}, "limit must be a non-negative integer"),
         ({"limit": False}, "limit must be a non-negative integer"),
         ({"limit": None}, "limit must be a non-negative integer"),
-        ({"search": "x"}, "search (NIP-50) is not supported by this relay"),
+        ({"search": 1}, "search must be a string"),
+        ({"search": ["x"]}, "search must be a string"),
+        ({"search": None}, "search must be a string"),
+        ({"search": "x" * 257}, "search is longer than 256 characters"),
+        ({"search": "a\x00b"}, "search must not contain NUL characters"),
         ({"#t": "x"}, "#t must be an array of strings"),
         ({"#t": [1]}, "#t must be an array of strings"),
         ({"foo": 1}, "unsupported filter field 'foo'"),
@@ -202,3 +206,42 @@ def test_can_match_anything(obj: dict[str, Any], can: bool) -> None:
         # It really matches nothing.
         ev = event(tags=[["t", "x"], ["e", "y"]], created_at=10)
         assert not f.matches(ev)
+
+
+@pytest.mark.parametrize(
+    ("text", "query"),
+    [
+        ("best nostr apps", "best nostr apps"),
+        ("  orange   purple ", "orange purple"),
+        ("nostr language:en", "nostr"),
+        ("include:spam domain:example.com nsfw:false nostr", "nostr"),
+        ('"exact phrase" -not or', '"exact phrase" -not or'),
+        ("see https://example.com/x", "see https://example.com/x"),
+        ("12:30 meeting", "12:30 meeting"),
+        ("language:en", ""),
+        ("", ""),
+        ("x" * 256, "x" * 256),
+    ],
+)
+def test_search_keeps_the_words_and_drops_extensions(text: str, query: str) -> None:
+    parsed = parse_filter({"search": text}, LIMITS)
+    assert parsed.search == query
+
+
+def test_search_combines_with_other_fields() -> None:
+    parsed = parse_filter({"kinds": [1], "search": "nostr", "limit": 5}, LIMITS)
+    assert parsed == Filter(kinds=frozenset({1}), search="nostr", limit=5)
+    assert parse_filter({"kinds": [1]}, LIMITS).search is None
+
+
+def test_a_search_of_extensions_only_matches_nothing() -> None:
+    assert not parse_filter({"search": "language:en"}, LIMITS).can_match_anything()
+    assert not parse_filter({"search": " "}, LIMITS).can_match_anything()
+    assert parse_filter({"search": "nostr"}, LIMITS).can_match_anything()
+
+
+def test_a_search_filter_matches_no_live_event() -> None:
+    """Search results are ranked over the stored events; live events are not searched."""
+    note = event(content="nostr")
+    assert not parse_filter({"search": "nostr"}, LIMITS).matches(note)
+    assert parse_filter({"kinds": [note.kind]}, LIMITS).matches(note)

@@ -105,8 +105,8 @@ def refusal(message: str | bytes, limits: Limits = LIMITS) -> str:
             '["CLOSED","s","invalid: kinds must be an array of integers from 0 to 65535"]',
         ),
         (
-            '["COUNT","s",{"search":"x"}]',
-            '["CLOSED","s","invalid: search (NIP-50) is not supported by this relay"]',
+            '["COUNT","s",{"search":1}]',
+            '["CLOSED","s","invalid: search must be a string"]',
         ),
         ('["CLOSE"]', '["NOTICE","invalid: CLOSE takes exactly one subscription id"]'),
         ('["CLOSE",1]', '["NOTICE","invalid: CLOSE takes exactly one subscription id"]'),
