@@ -9,8 +9,8 @@ from relay.config import Settings
 
 # NIP-01 basic protocol, 09 deletion, 11 this document, 34 git repositories (hosted: clone
 # and push over smart HTTP), 40 expiration, 42 AUTH, 45 COUNT, 50 search, 70 protected events,
-# 77 negentropy.
-SUPPORTED_NIPS = (1, 9, 11, 34, 40, 42, 45, 50, 70, 77)
+# 77 negentropy, 86 relay management.
+SUPPORTED_NIPS = (1, 9, 11, 34, 40, 42, 45, 50, 70, 77, 86)
 # GRASP-01: git repositories hosted for the kind 30617 announcements that list this relay.
 SUPPORTED_GRASPS = ("GRASP-01",)
 # Which announcements provision a repository, by RELAY_GIT_PROVISION.
