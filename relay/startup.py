@@ -1,5 +1,7 @@
 """What a starting relay tells its operator: where its data lives, what it talks to, and
-the URLs to hand out; never a password. Pure: settings and names in, lines out."""
+the URLs to hand out; never a password (servers are named by host, port and database, never
+by their URL; a URL in an error goes through `errors.redact_urls`). Pure: settings and
+names in, lines out."""
 
 from __future__ import annotations
 
@@ -8,16 +10,6 @@ from urllib.parse import urlsplit
 from relay.config import Settings
 from relay.git.stores import describe as describe_object_store
 from relay.store.embedded import PGDATA
-
-
-def without_password(url: str) -> str:
-    """`url` with any `user:password@` reduced to `user@`."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc=f"{user}@{host}" if user else host).geturl()
 
 
 def database(settings: Settings) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from relay.config import load_settings
-from relay.startup import startup_lines, without_password
+from relay.startup import startup_lines
 
 
 def lines(env: dict[str, str]) -> str:
@@ -40,9 +40,3 @@ def test_servers_are_named_and_passwords_never_shown() -> None:
     assert "git URLs: https://relay.example.com/<npub>/<repo>.git" in text
     for secret in ("s3cret", "hunter2", "topsecret", "AKIA", "11" * 32):
         assert secret not in text
-
-
-def test_without_password() -> None:
-    assert without_password("postgresql://u:p@h:5/d") == "postgresql://u@h:5/d"
-    assert without_password("redis://:p@h/0") == "redis://h/0"
-    assert without_password("postgresql://h/d") == "postgresql://h/d"
