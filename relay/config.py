@@ -290,6 +290,10 @@ SETTINGS: tuple[Setting, ...] = (
             "comma-separated networks (CIDR) of reverse proxies whose Forwarded,"
             " X-Forwarded-For or X-Real-IP header names the client; empty trusts none",
             _networks),
+    Setting("RELAY_CLIENT_ADDRESS_HEADER", "client_address_header", "auto",
+            "which header of a trusted proxy names the client: auto (the first present of"
+            " Forwarded, X-Forwarded-For, X-Real-IP) or the one the proxy writes",
+            _choice("auto", "forwarded", "x-forwarded-for", "x-real-ip")),
     Setting("RELAY_S3_ENDPOINT", "s3_endpoint", "",
             "S3 endpoint URL for git objects; empty keeps them under the data directory",
             _url("http", "https")),
@@ -404,6 +408,7 @@ class Settings:
     rate_connections_burst: int
     rate_limit_loopback: bool
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...]
+    client_address_header: str
     s3_endpoint: str | None
     s3_bucket: str | None
     s3_region: str

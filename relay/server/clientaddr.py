@@ -9,7 +9,9 @@ from the right past trusted proxies, and the first address that is not one is th
 A header from any other peer is ignored, and so is one that cannot be read (an entry that
 is not an address, `unknown`, an obfuscated identifier): the client is then the peer. The
 first header present decides; an unreadable one never hands over to the next, which a
-proxy that writes only one of them may pass through from the client untouched.
+proxy that writes only one of them may pass through from the client untouched. Behind such
+a proxy, RELAY_CLIENT_ADDRESS_HEADER names the one header it writes, and the others are
+never read (a client could otherwise name itself with the one the proxy passes through).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ Address = IPv4Address | IPv6Address
 
 # In the order they are read; names as relay.http keeps them (lowercase).
 FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
+# RELAY_CLIENT_ADDRESS_HEADER: read the first of FORWARDING_HEADERS present, or only one.
+ANY_HEADER = "auto"
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 # The parts of a Forwarded header (RFC 7239 section 4): name=value pairs, `;` between the
@@ -58,12 +62,17 @@ class ClientAddress:
 
 
 def resolve_client(
-    peer: str, headers: Mapping[str, str], trusted: Sequence[Network]
+    peer: str,
+    headers: Mapping[str, str],
+    trusted: Sequence[Network],
+    header: str = ANY_HEADER,
 ) -> ClientAddress:
     """The client of a request from `peer` (the TCP peer's address, or "unknown") carrying
-    `headers` (names lowercase), with proxies in `trusted` allowed to name it."""
+    `headers` (names lowercase), with proxies in `trusted` allowed to name it, by the first
+    forwarding header present or, when `header` names one, by that header alone."""
     peer_address = parse_node(peer)
-    present = next((name for name in FORWARDING_HEADERS if name in headers), None)
+    read = FORWARDING_HEADERS if header == ANY_HEADER else (header,)
+    present = next((name for name in read if name in headers), None)
     if peer_address is None:
         return ClientAddress(ip=peer, ignored=present)
     peer_ip = str(peer_address)

@@ -95,7 +95,10 @@ def peer_ip(stream: trio.SocketStream) -> str:
 def client_address(relay: Relay, peer: str, request: Request) -> ClientAddress:
     """Whom `request` comes from, as rate limits count and logs name it: the peer, or the
     client a proxy in RELAY_TRUSTED_PROXIES names (relay.server.clientaddr)."""
-    client = resolve_client(peer, request.headers, relay.settings.trusted_proxies)
+    settings = relay.settings
+    client = resolve_client(
+        peer, request.headers, settings.trusted_proxies, settings.client_address_header
+    )
     if client.untrusted_proxy:
         _warn_untrusted_proxy(peer, client.ignored)
     return client

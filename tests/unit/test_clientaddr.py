@@ -347,3 +347,15 @@ def test_rate_limit_loopback_setting() -> None:
     assert load_settings({"RELAY_RATE_LIMIT_LOOPBACK": "off"}).rate_limit_loopback is False
     with pytest.raises(ConfigError, match="RELAY_RATE_LIMIT_LOOPBACK"):
         load_settings({"RELAY_RATE_LIMIT_LOOPBACK": "sometimes"})
+
+
+def test_a_pinned_header_is_the_only_one_read() -> None:
+    """Behind a proxy that writes only X-Forwarded-For (and passes a client's Forwarded
+    through), RELAY_CLIENT_ADDRESS_HEADER=x-forwarded-for keeps the client from naming
+    itself with Forwarded."""
+    headers = {"forwarded": "for=203.0.113.66", "x-forwarded-for": "198.51.100.7"}
+    assert resolve_client(PROXY, headers, PROXIES).ip == "203.0.113.66"  # auto: the first
+    pinned = resolve_client(PROXY, headers, PROXIES, "x-forwarded-for")
+    assert (pinned.ip, pinned.header) == ("198.51.100.7", "x-forwarded-for")
+    # Pinned to a header the request lacks: the peer, whatever else it carries.
+    assert resolve_client(PROXY, headers, PROXIES, "x-real-ip").ip == PROXY
