@@ -274,22 +274,32 @@ async def http_get(
     port: int, path: str, host: str = "127.0.0.1", **headers: str
 ) -> tuple[int, dict[str, str], bytes]:
     """A raw HTTP/1.1 GET over loopback; returns status, headers and body."""
-    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Connection: close"]
+    return await http_request(port, "GET", path, host, **headers)
+
+
+async def http_request(
+    port: int, method: str, path: str, host: str = "127.0.0.1", body: bytes = b"", **headers: str
+) -> tuple[int, dict[str, str], bytes]:
+    """A raw HTTP/1.1 request over loopback (`Connection: close`, a Content-Length when
+    there is a body); returns status, headers and body."""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", "Connection: close"]
+    if body or method == "POST":
+        lines.append(f"Content-Length: {len(body)}")
     lines += [f"{k.replace('_', '-')}: {v}" for k, v in headers.items()]
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
-        await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
+        await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
         data = b""
         with trio.fail_after(RECEIVE_TIMEOUT):
             while chunk := await stream.receive_some(65536):
                 data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _, rest = data.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     parsed = {}
     for line in header_lines:
         name, _, value = line.partition(":")
         parsed[name.strip().lower()] = value.strip()
-    return int(status_line.split()[1]), parsed, body
+    return int(status_line.split()[1]), parsed, rest
 
 
 RELAY_READY_TIMEOUT = 60.0

@@ -21,10 +21,10 @@ from relay.events import kinds
 from relay.events.model import sign_event
 from relay.keys import pubkey_hex
 from tests.helpers import (
-    RECEIVE_TIMEOUT,
     community_of,
     connect,
     http_get,
+    http_request,
     make_event,
     new_key,
     relay_process,
@@ -55,27 +55,7 @@ def token(key: PrivateKey, url: str, body: bytes, *, payload: str | None = None)
 async def post(
     port: int, body: bytes, host: str = "127.0.0.1", **headers: str
 ) -> tuple[int, dict[str, str], bytes]:
-    lines = [
-        "POST / HTTP/1.1",
-        f"Host: {host}:{port}",
-        "Connection: close",
-        f"Content-Length: {len(body)}",
-    ]
-    lines += [f"{k.replace('_', '-')}: {v}" for k, v in headers.items()]
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-        data = b""
-        with trio.fail_after(RECEIVE_TIMEOUT):
-            while chunk := await stream.receive_some(65536):
-                data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    parsed = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        parsed[name.strip().lower()] = value.strip()
-    return int(status_line.split()[1]), parsed, rest
+    return await http_request(port, "POST", "/", f"{host}:{port}", body, **headers)
 
 
 async def rpc_raw(
