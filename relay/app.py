@@ -47,6 +47,7 @@ from relay.store.events import EventStore
 from relay.store.group_commit import GroupCommit
 from relay.store.migrations import migrate
 from relay.store.moderation import ModerationStore
+from relay.web.pages import WebPages
 from relay.wiring import Relay
 
 __all__ = ["Relay", "open_relay", "serve"]
@@ -62,8 +63,7 @@ def check_git() -> None:
     and fail every git request later."""
     if shutil.which("git") is None:
         raise ConfigError(
-            "git is not on PATH (the relay runs git for clone and push): install git, or set "
-            "PATH"
+            "git is not on PATH (the relay runs git for clone and push): install git, or set PATH"
         )
 
 
@@ -198,6 +198,14 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
             ref_states=ref_states,
             git=git,
             moderation=moderation,
+            web=WebPages(
+                git,
+                registry,
+                store,
+                pubkey_hex(key),
+                https=settings.public_url.startswith("wss://"),
+                public_read=settings.git_public_read,
+            ),
             bridge=bridge,
         )
         try:

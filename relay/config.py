@@ -330,6 +330,9 @@ SETTINGS: tuple[Setting, ...] = (
             " dropped", _float_in(1, 7 * 86400)),
     Setting("RELAY_GIT_PUBLIC_READ", "git_public_read", "true",
             "on: anyone may clone and fetch; off requires NIP-98 for reads too", _bool),
+    Setting("RELAY_WEB_PAGES", "web_pages", "on",
+            "on: browsers get the relay page at / and a page per hosted repository at its"
+            " clone URL; off: they get the plain answers", _bool),
     Setting("RELAY_GIT_MAX_PACK_BYTES", "git_max_pack_bytes", "268435456",
             "largest pack one push may bring (HTTP 413 beyond)", _int_in(1024, 1 << 40)),
     Setting("RELAY_GIT_MAX_REPO_BYTES", "git_max_repo_bytes", "1073741824",
@@ -422,6 +425,7 @@ class Settings:
     git_probe_deadline_seconds: float
     git_max_repos_per_pubkey: int
     git_public_read: bool
+    web_pages: bool
     git_provision: str
     git_purgatory_seconds: float
     git_reconcile_seconds: float

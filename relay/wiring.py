@@ -31,6 +31,7 @@ from relay.server.ratelimit import RateLimiter
 from relay.store.communities import Communities
 from relay.store.db import Database
 from relay.store.events import EventStore
+from relay.web.pages import WebPages
 
 # Any key will do: readiness only asks that the object store answers.
 READINESS_KEY = "probe/readiness"
@@ -53,6 +54,7 @@ class Relay:
     ref_states: RefStates
     git: GitService
     moderation: Moderation
+    web: WebPages
     bridge: RedisBridge | None = None
     # Set on SIGTERM: stop accepting, close websockets with 1001, let work in flight finish.
     shutdown: trio.Event = field(default_factory=trio.Event)

@@ -10,6 +10,13 @@ REPO_ANNOUNCEMENT = 30617
 REPO_STATE = 30618
 PULL_REQUEST = 1618
 PULL_REQUEST_UPDATE = 1619
+PATCH = 1617
+ISSUE = 1621
+# NIP-34 status of an issue, patch or pull request.
+STATUS_OPEN = 1630
+STATUS_APPLIED = 1631  # applied / merged (patches, pull requests), resolved (issues)
+STATUS_CLOSED = 1632
+STATUS_DRAFT = 1633
 HTTP_AUTH = 27235
 
 

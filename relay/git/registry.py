@@ -146,6 +146,35 @@ async def _release_attempt(
         return 1
 
 
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """A hosted repository as the relay page lists it."""
+
+    repo_id: str
+    owner: str
+    announcement: str  # the owner's kind 30617, JSON
+    state: str | None  # the relay-signed kind 30618 (the refs after the last push), JSON
+
+
+# The hosted repositories of a community: registry rows whose owner's announcement is
+# stored; a page of them by name, each with the relay-signed ref state.
+_ANNOUNCED = f"""
+FROM git_repo_names n
+JOIN events a ON a.community_id = n.community_id AND a.pubkey = decode(n.owner_pubkey, 'hex')
+    AND a.kind = {kinds.REPO_ANNOUNCEMENT} AND a.coordinate_d = n.repo_id
+"""
+_COUNT_HOSTED = f"SELECT count(*) {_ANNOUNCED} WHERE n.community_id = $1"
+_LISTING = f"""
+SELECT n.repo_id, n.owner_pubkey, a.raw AS announcement, s.raw AS state
+{_ANNOUNCED}
+LEFT JOIN events s ON s.community_id = n.community_id AND s.pubkey = $2
+    AND s.kind = {kinds.REPO_STATE} AND s.coordinate_d = n.repo_id
+WHERE n.community_id = $1
+ORDER BY n.repo_id
+LIMIT $3 OFFSET $4
+"""
+
+
 class RepoRegistry:
     def __init__(self, db: Database, quota: int) -> None:
         self.db = db
@@ -161,8 +190,7 @@ class RepoRegistry:
     async def owner_of(self, community_id: int, repo_id: str) -> str | None:
         async def fetch(conn: Connection) -> str | None:
             value = await conn.fetchval(
-                "SELECT owner_pubkey FROM git_repo_names"
-                " WHERE community_id = $1 AND repo_id = $2",
+                "SELECT owner_pubkey FROM git_repo_names WHERE community_id = $1 AND repo_id = $2",
                 community_id,
                 repo_id,
             )
@@ -179,6 +207,23 @@ class RepoRegistry:
                 " ORDER BY community_id, repo_id"
             )
             return [(r["community_id"], r["repo_id"], r["owner_pubkey"]) for r in rows]
+
+        return await self.db.run(fetch)
+
+    async def listing(
+        self, community_id: int, relay_pubkey: str, offset: int, limit: int
+    ) -> tuple[list[Listed], int]:
+        """A page of the community's hosted repositories by name, and how many there are."""
+
+        async def fetch(conn: Connection) -> tuple[list[Listed], int]:
+            rows = await conn.fetch(
+                _LISTING, community_id, bytes.fromhex(relay_pubkey), limit, offset
+            )
+            total = await conn.fetchval(_COUNT_HOSTED, community_id)
+            listed = [
+                Listed(r["repo_id"], r["owner_pubkey"], r["announcement"], r["state"]) for r in rows
+            ]
+            return listed, int(total)
 
         return await self.db.run(fetch)
 

@@ -212,7 +212,7 @@ class GitService:
                     body = await read_decoded_body(stream, request, MAX_UPLOAD_REQUEST_BYTES)
             if reading.cancelled_caught:
                 raise HttpError(408, "the request body did not arrive in time")
-            async with self._slot():
+            async with self.slot():
                 ws = await hydrate_into(bare, self.objects, key, self.limits, self.cache)
                 protocol = git_protocol(request.header("git-protocol"))
                 if route.advertise:
@@ -244,7 +244,7 @@ class GitService:
         return False
 
     @asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
+    async def slot(self) -> AsyncIterator[None]:
         """One of RELAY_GIT_MAX_PROCESSES; a short wait absorbs a client's back-to-back
         requests (git sends its POST right after its GET), then 503 with Retry-After."""
         with trio.move_on_after(SLOT_WAIT_SECONDS) as waiting:

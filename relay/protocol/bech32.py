@@ -58,10 +58,20 @@ def npub_to_hex(value: str) -> str | None:
     return decode_key("npub", value)
 
 
-def hex_to_npub(pubkey: str) -> str:
-    data = _convert(list(bytes.fromhex(pubkey)), 8, 5, pad=True)
+def encode_key(hrp: str, value: str) -> str:
+    """The bech32 string of a 32-byte hex value under `hrp` (`npub`, `note`, ...)."""
+    data = _convert(list(bytes.fromhex(value)), 8, 5, pad=True)
     assert data is not None
-    values = _expand("npub") + data
+    values = _expand(hrp) + data
     polymod = _polymod([*values, 0, 0, 0, 0, 0, 0]) ^ 1
     checksum = [(polymod >> 5 * (5 - i)) & 31 for i in range(6)]
-    return "npub1" + "".join(CHARSET[d] for d in data + checksum)
+    return hrp + "1" + "".join(CHARSET[d] for d in data + checksum)
+
+
+def hex_to_npub(pubkey: str) -> str:
+    return encode_key("npub", pubkey)
+
+
+def hex_to_note(event_id: str) -> str:
+    """NIP-19 `note1...` of an event id."""
+    return encode_key("note", event_id)

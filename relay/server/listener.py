@@ -1,4 +1,4 @@
-"""The relay's one TCP listener: a websocket upgrade, NIP-11, health, git, or 404.
+"""The relay's one TCP listener: a websocket upgrade, NIP-11, health, a web page, git, or 404.
 
 The community is resolved from the Host header before anything else; an unknown host gets
 404 and no upgrade. The operator endpoints (/healthz, /readyz) answer on any host, since
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import trio
@@ -35,6 +35,7 @@ from relay.server.ratelimit import rate_limited
 from relay.server.upgrade import check_upgrade
 from relay.server.websocket import ClientConnection
 from relay.server.wsstream import CLOSE_HANDSHAKE_SECONDS, RECEIVE_BYTES, WebSocketStream
+from relay.web.routes import page_route
 
 if TYPE_CHECKING:
     from relay.wiring import Relay
@@ -148,6 +149,10 @@ async def route(
     if request.method == "OPTIONS":
         await respond(stream, 204, b"", extra_headers=PREFLIGHT_HEADERS)
         return
+    page = page_route(request) if relay.settings.web_pages else None
+    if page is not None:
+        await relay.web.handle(stream, request, page, community_id, nip11(relay, community_id))
+        return
     if is_git_path(request.path):
         await relay.git.handle(stream, request, community_id, host, client.ip)
         return
@@ -167,10 +172,9 @@ async def route(
             return
         await serve_websocket(relay, stream, request, community_id, host, client)
     elif request.method in ("GET", "HEAD") and NIP11_TYPE in request.header("accept"):
-        doc = information_document(relay.settings, relay.pubkey)
-        doc.update(relay.settings.rate.nip11())
-        doc.update(relay.moderation.info(community_id))  # NIP-86 changerelayname, ...
-        await respond(stream, 200, orjson.dumps(doc), NIP11_TYPE)
+        doc = orjson.dumps(nip11(relay, community_id))
+        # `/` answers NIP-11 or the relay page by Accept.
+        await respond(stream, 200, doc, NIP11_TYPE, [("Vary", "Accept")])
     else:
         await respond(
             stream,
@@ -178,6 +182,14 @@ async def route(
             b"this is a Nostr relay: connect with a websocket, or ask for "
             b"Accept: application/nostr+json\n",
         )
+
+
+def nip11(relay: Relay, community_id: int) -> dict[str, Any]:
+    """The community's NIP-11 document (NIP-86's changerelayname and friends applied)."""
+    doc = information_document(relay.settings, relay.pubkey)
+    doc.update(relay.settings.rate.nip11())
+    doc.update(relay.moderation.info(community_id))
+    return doc
 
 
 async def serve_websocket(
