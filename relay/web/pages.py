@@ -28,6 +28,7 @@ from relay.events import kinds
 from relay.events.model import Event, parse_event
 from relay.git import model
 from relay.git.objectstore import StoreError
+from relay.git.smart_http import RETRY_AFTER_SECONDS
 from relay.git.workspace import GitFailed, RepoNotFound, ResourceLimit, hydrate_into, scratch_dir
 from relay.http import HttpError, Request, respond
 from relay.protocol.bech32 import hex_to_note, hex_to_npub
@@ -286,6 +287,8 @@ async def _send_page(stream: trio.abc.Stream, request: Request, status: int, bod
     data = body.encode()
     etag = f'"{hashlib.sha256(data).hexdigest()[:32]}"'
     headers = [*PAGE_HEADERS, ("Cache-Control", "no-cache"), ("ETag", etag)]
+    if status == 503:  # every git slot was taken, or the object store did not answer
+        headers.append(("Retry-After", RETRY_AFTER_SECONDS))
     if status == 200 and etag in request.header("if-none-match"):
         await respond(stream, 304, data, HTML_TYPE, headers, send_body=False)
         return

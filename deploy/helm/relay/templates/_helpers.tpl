@@ -94,6 +94,7 @@ RELAY_LOG_FORMAT: relay.logFormat
 RELAY_SHUTDOWN_GRACE: relay.shutdownGraceSeconds
 RELAY_TRUSTED_PROXIES: relay.trustedProxies
 RELAY_RATE_LIMIT_LOOPBACK: relay.rateLimitLoopback
+RELAY_WEB_PAGES: relay.webPages
 RELAY_DB_POOL_SIZE: database.poolSize
 RELAY_REDIS_PREFIX: redis.prefix
 RELAY_S3_REGION: s3.region
@@ -146,6 +147,7 @@ values arrive as float64 and would otherwise print as 2.68435456e+08.
 {{- $_ = set $s "RELAY_SHUTDOWN_GRACE" ($v.relay.shutdownGraceSeconds | toString) -}}
 {{- $_ = set $s "RELAY_TRUSTED_PROXIES" (join "," $v.relay.trustedProxies) -}}
 {{- $_ = set $s "RELAY_RATE_LIMIT_LOOPBACK" (ternary "on" "off" $v.relay.rateLimitLoopback) -}}
+{{- $_ = set $s "RELAY_WEB_PAGES" (ternary "on" "off" $v.relay.webPages) -}}
 {{- $_ = set $s "RELAY_DB_POOL_SIZE" ($v.database.poolSize | int64 | toString) -}}
 {{- $_ = set $s "RELAY_REDIS_PREFIX" $v.redis.prefix -}}
 {{- with $v.s3.endpoint }}{{ $_ = set $s "RELAY_S3_ENDPOINT" . }}{{ end -}}
