@@ -33,9 +33,11 @@ from relay.git.smart_http import GitService
 from relay.git.stores import describe, open_object_store, probe_store
 from relay.git.workspace import GitLimits
 from relay.keys import load_or_create_key, pubkey_hex
+from relay.listening import WorkerRole, open_listeners
 from relay.metrics import Metrics, TimedObjectStore
 from relay.pubsub.fanout import Fanout
 from relay.pubsub.redis_bridge import RedisBridge
+from relay.pubsub.workerbus import WorkerBus
 from relay.server.listener import handle_stream
 from relay.server.management import Moderation
 from relay.server.ratelimit import RateLimiter
@@ -115,18 +117,24 @@ async def check_object_store(store: ObjectStore, settings: Settings) -> None:
 
 
 @asynccontextmanager
-async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
+async def open_relay(settings: Settings, role: WorkerRole | None = None) -> AsyncIterator[Relay]:
+    """Every part of the relay, built from the settings. A worker (`role`) leaves what is
+    per relay to its parent: the probe, the migrations and the communities (relay.workers)."""
     check_git()
     metrics = Metrics()
     async with open_database(settings) as db, open_object_store(settings) as raw_store:
-        await check_object_store(raw_store, settings)
+        if role is None:
+            await check_object_store(raw_store, settings)
         object_store = TimedObjectStore(raw_store, metrics)
         db.observe = metrics.observe_db
-        applied = await migrate(db)
-        if applied:
-            log.info("applied migrations %s", applied)
         communities = Communities(db)
-        await communities.ensure(list(settings.hosts))
+        if role is None:
+            applied = await migrate(db)
+            if applied:
+                log.info("applied migrations %s", applied)
+            await communities.ensure(list(settings.hosts))
+        else:
+            await communities.load()
         store = EventStore(db, settings.query_timeout_seconds)
         fanout = Fanout()
         limits = settings.limits
@@ -147,7 +155,15 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
                 settings.redis_url, settings.redis_prefix, deliver=fanout.deliver_local
             )
             fanout.remote = bridge
-        metrics.bind(fanout, bridge)
+        workers = None
+        if role is not None:
+            workers = WorkerBus(
+                role.bus_path, role.index, deliver=fanout.deliver_local,
+                expose=metrics.render, carry_events=bridge is None,
+            )  # fmt: skip
+            if bridge is None:
+                fanout.remote = workers
+        metrics.bind(fanout, bridge, workers)
         scratch = Path(settings.git_scratch_dir or tempfile.gettempdir())
         cache_bytes = settings.git_pack_cache_bytes
         git = GitService(
@@ -182,6 +198,8 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
         )
         await moderation.reload()
         ingest.moderation = moderation.refusal
+        limiter = RateLimiter(settings.rate, settings.redis_url, settings.redis_prefix)
+        limiter.workers = workers
         relay = Relay(
             settings=settings,
             limits=limits,
@@ -194,7 +212,7 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
             objects=objects,
             registry=registry,
             metrics=metrics,
-            limiter=RateLimiter(settings.rate, settings.redis_url, settings.redis_prefix),
+            limiter=limiter,
             ref_states=ref_states,
             git=git,
             moderation=moderation,
@@ -207,6 +225,7 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
                 public_read=settings.git_public_read,
             ),
             bridge=bridge,
+            workers=workers,
         )
         try:
             yield relay
@@ -272,18 +291,22 @@ async def serve(
     *,
     shutdown: trio.Event | None = None,
     on_ready: Callable[[Relay], None] | None = None,
+    role: WorkerRole | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the relay; reports the bound port through task_status.
+    """Run the relay, or one worker of it (`role`); reports the bound port through
+    task_status.
 
     When `shutdown` is set: stop accepting connections, ask websocket clients to go (close
     1001), and give requests in flight RELAY_SHUTDOWN_GRACE seconds to finish.
     """
-    async with open_relay(settings) as relay, trio.open_nursery() as background:
+    async with open_relay(settings, role) as relay, trio.open_nursery() as background:
         if shutdown is not None:
             relay.shutdown = shutdown
         if relay.bridge is not None:
             background.start_soon(relay.bridge.run)
+        if relay.workers is not None:
+            await background.start(relay.workers.run)
         group = GroupCommit(relay.db)
         relay.store.group = group
         background.start_soon(group.run)
@@ -300,7 +323,7 @@ async def serve(
                 settings.git_reconcile_seconds,
             )  # fmt: skip
         async with trio.open_nursery() as connections:
-            listeners = await trio.open_tcp_listeners(settings.port, host=settings.bind)
+            listeners = await open_listeners(settings, role)
             port = listeners[0].socket.getsockname()[1]
             async with trio.open_nursery() as accepting:
                 accepting.start_soon(
@@ -313,8 +336,11 @@ async def serve(
                 )
                 communities = list((await relay.communities.names()).values())
                 bound = f"{settings.bind}:{port}"
-                for line in startup_lines(settings, bound, communities, relay.pubkey):
-                    log.info("%s", line)
+                if role is None or role.index == 0:
+                    for line in startup_lines(settings, bound, communities, relay.pubkey):
+                        log.info("%s", line)
+                if role is not None:
+                    log.info("worker %d ready (pid %d)", role.index, os.getpid())
                 tune_garbage_collector()
                 if on_ready is not None:
                     on_ready(relay)

@@ -31,6 +31,7 @@ from relay.config import SETTINGS, ConfigError, Setting, Settings, load_settings
 from relay.errors import OperatorError, StartupError, redact_urls
 from relay.git.gc import DEFAULT_GRACE_SECONDS, collect
 from relay.git.probe import Probe, ProbeFailed
+from relay.listening import worker_role
 from relay.logs import configure_logging
 from relay.progress import PROGRESS_COUNT, PROGRESS_SECONDS, Progress
 from relay.store.db import Database, DatabaseError
@@ -379,6 +380,9 @@ def _relay_option(parser: argparse.ArgumentParser) -> None:
 
 async def _serve(settings: Settings) -> None:
     from relay.app import serve
+    from relay.workers import supervise
+
+    role = worker_role()
 
     shutdown = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -395,11 +399,18 @@ async def _serve(settings: Settings) -> None:
                     shutdown.set()
 
             async def run_relay(task_status: trio.TaskStatus[int]) -> None:
-                await serve(settings, shutdown=shutdown, task_status=task_status)
+                await serve(settings, shutdown=shutdown, role=role, task_status=task_status)
+                nursery.cancel_scope.cancel()
+
+            async def run_workers() -> None:
+                await supervise(settings, shutdown)
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(on_signal)
-            await nursery.start(run_relay)
+            if settings.workers > 1 and role is None:
+                nursery.start_soon(run_workers)
+            else:
+                await nursery.start(run_relay)
 
 
 async def _probe(settings: Settings, progress: Progress) -> None:
@@ -532,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if _uses_data_dir(args.command, settings):
             _prepare_data_dir(settings)
-        if args.command == "serve":
+        if args.command == "serve" and worker_role() is None:  # a worker's parent holds both
             lock.acquire()  # held until the process ends
             _check_port(settings)
         trio.run(runner, settings)

@@ -86,6 +86,12 @@ def _search_config(value: str) -> str:
     return "simple"
 
 
+def _workers(value: str) -> int:
+    if value.strip().lower() == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    return _int_in(1, 256)(value)
+
+
 def _bind(value: str) -> str:
     """An IPv4 or IPv6 address of this host to listen on (IPv6 with or without brackets)."""
     stripped = value.strip()
@@ -197,6 +203,9 @@ SETTINGS: tuple[Setting, ...] = (
             "IP address to listen on (0.0.0.0 or :: for every interface)", _bind),
     Setting("RELAY_PORT", "port", "7777", "TCP port to listen on (0 picks a free one)",
             _int_in(0, 65535)),
+    Setting("RELAY_WORKERS", "workers", "1",
+            "worker processes serving the one port (1-256, or auto: one per CPU this process"
+            " may use); more than 1 runs them under a supervising parent", _workers),
     Setting("RELAY_DATA_DIR", "data_dir", "./relay-data",
             "directory for the embedded database and the relay key", _text),
     Setting("RELAY_PUBLIC_URL", "public_url", "ws://localhost:7777",
@@ -369,6 +378,7 @@ SETTINGS: tuple[Setting, ...] = (
 class Settings:
     bind: str
     port: int
+    workers: int
     data_dir: str
     public_url: str
     hosts: tuple[str, ...]

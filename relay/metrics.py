@@ -1,5 +1,6 @@
 """Prometheus metrics: counters kept as plain integers where the work happens, read at
-scrape time by one collector; latency histograms observed around each backend call."""
+scrape time by one collector; latency histograms observed around each backend call. With
+several worker processes a scrape answers every worker's metrics, labelled `worker`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from relay.git.objectstore import CasResult, Found, Listed, ObjectStore
@@ -17,6 +19,7 @@ from relay.git.objectstore import CasResult, Found, Listed, ObjectStore
 if TYPE_CHECKING:
     from relay.pubsub.fanout import Fanout
     from relay.pubsub.redis_bridge import RedisBridge
+    from relay.pubsub.workerbus import WorkerBus
 
 T = TypeVar("T")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -51,18 +54,27 @@ class Metrics:
         else:
             self.events_refused[message.split(":", 1)[0] or "unknown"] += 1
 
-    def bind(self, fanout: Fanout, bridge: RedisBridge | None) -> None:
-        self.registry.register(RelayCollector(fanout, bridge, self))
+    def bind(
+        self, fanout: Fanout, bridge: RedisBridge | None, workers: WorkerBus | None = None
+    ) -> None:
+        self.registry.register(RelayCollector(fanout, bridge, self, workers))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class RelayCollector(Collector):
-    def __init__(self, fanout: Fanout, bridge: RedisBridge | None, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        fanout: Fanout,
+        bridge: RedisBridge | None,
+        metrics: Metrics,
+        workers: WorkerBus | None = None,
+    ) -> None:
         self.fanout = fanout
         self.bridge = bridge
         self.metrics = metrics
+        self.workers = workers
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         fanout, m = self.fanout, self.metrics
@@ -115,6 +127,47 @@ class RelayCollector(Collector):
                 "relay_redis_publish_errors", "events that failed to reach Redis",
                 value=stats.publish_errors + stats.dropped,
             )  # fmt: skip
+        workers = self.workers
+        if workers is not None:
+            yield GaugeMetricFamily(
+                "relay_worker_bus_up", "connected to the worker bus", value=workers.connected
+            )
+            yield CounterMetricFamily(
+                "relay_worker_bus_sent", "events sent to the other workers", value=workers.sent
+            )
+            yield CounterMetricFamily(
+                "relay_worker_bus_received", "events received from the other workers",
+                value=workers.received,
+            )  # fmt: skip
+            yield CounterMetricFamily(
+                "relay_worker_bus_dropped", "events that found the bus queue full",
+                value=workers.dropped,
+            )  # fmt: skip
+
+
+def labelled(expositions: dict[int, bytes]) -> bytes:
+    """The expositions of several workers as one, every sample labelled with its worker's
+    index (`worker="0"`, ...), each metric family once."""
+    families: dict[str, Metric] = {}
+    for index, text in sorted(expositions.items()):
+        for family in text_string_to_metric_families(text.decode()):
+            merged = families.setdefault(
+                family.name, Metric(family.name, family.documentation, family.type, family.unit)
+            )
+            for sample in family.samples:
+                labels = {**sample.labels, "worker": str(index)}
+                merged.samples.append(sample._replace(labels=labels))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(list(families.values())))
+    return generate_latest(registry)
+
+
+class _Families(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
 
 
 class TimedObjectStore:

@@ -26,6 +26,7 @@ from relay.probes import Check, Prober
 from relay.protocol.limits import Limits
 from relay.pubsub.fanout import Fanout
 from relay.pubsub.redis_bridge import RedisBridge
+from relay.pubsub.workerbus import WorkerBus
 from relay.server.management import Moderation
 from relay.server.ratelimit import RateLimiter
 from relay.store.communities import Communities
@@ -56,6 +57,8 @@ class Relay:
     moderation: Moderation
     web: WebPages
     bridge: RedisBridge | None = None
+    # One worker of several (RELAY_WORKERS): the bus to the others and the parent.
+    workers: WorkerBus | None = None
     # Set on SIGTERM: stop accepting, close websockets with 1001, let work in flight finish.
     shutdown: trio.Event = field(default_factory=trio.Event)
     # Open websocket connections (ClientConnection), told to stop reading on shutdown.

@@ -3,7 +3,12 @@ hard limits are advertised in NIP-11, the rate limits too while they are on."""
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
+
+# Client addresses and pubkeys whose token buckets are kept; the least recent go first.
+MAX_TRACKED_KEYS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +70,10 @@ class RateLimits:
     reqs: Rate = Rate(20, 200)
     connections: Rate = Rate(10, 100)
 
+    def rate_of(self, action: str) -> Rate:
+        """The rate of an action: `event`, `req`, or `connect`."""
+        return {"event": self.events, "req": self.reqs}.get(action, self.connections)
+
     def nip11(self) -> dict[str, object]:
         if not self.enabled:
             return {}
@@ -78,3 +87,21 @@ class RateLimits:
                 "connections_burst": self.connections.burst,
             }
         }
+
+
+class TokenBuckets:
+    """Buckets keyed by (action, who), the least recently used forgotten past a cap."""
+
+    def __init__(self) -> None:
+        self._buckets: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
+
+    def take(self, action: str, who: str, rate: Rate, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        key = (action, who)
+        tokens, last = self._buckets.pop(key, (float(rate.burst), now))
+        tokens = min(float(rate.burst), tokens + (now - last) * rate.per_second)
+        allowed = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+        if len(self._buckets) > MAX_TRACKED_KEYS:
+            self._buckets.popitem(last=False)
+        return allowed

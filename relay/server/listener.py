@@ -27,6 +27,7 @@ from relay.http import (
     respond,
 )
 from relay.metrics import CONTENT_TYPE as METRICS_TYPE
+from relay.metrics import labelled
 from relay.protocol.hosts import normalize_host
 from relay.server.clientaddr import ClientAddress, resolve_client
 from relay.server.management import is_management
@@ -130,7 +131,7 @@ async def route(
         await respond(stream, 200, b"ok\n")
         return
     if request.path == "/metrics" and request.method == "GET":
-        await respond(stream, 200, relay.metrics.render(), METRICS_TYPE)
+        await respond(stream, 200, await scrape(relay), METRICS_TYPE)
         return
     if request.path == "/readyz" and request.method == "GET":
         ready, checks = await relay.readiness()
@@ -182,6 +183,16 @@ async def route(
             b"this is a Nostr relay: connect with a websocket, or ask for "
             b"Accept: application/nostr+json\n",
         )
+
+
+async def scrape(relay: Relay) -> bytes:
+    """This relay's metrics; with several workers, every worker's (see relay.metrics)."""
+    if relay.workers is None:
+        return relay.metrics.render()
+    gathered = await relay.workers.gather_metrics()
+    if not gathered:  # the parent did not answer: this worker's own, labelled the same way
+        gathered = {relay.workers.index: relay.metrics.render()}
+    return labelled(gathered)
 
 
 def nip11(relay: Relay, community_id: int) -> dict[str, Any]:

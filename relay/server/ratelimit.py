@@ -1,7 +1,8 @@
 """Rate limits: token buckets per client address and per authenticated pubkey, for EVENT,
 REQ and new connections. With Redis they are shared by every pod as fixed-window counters;
 if Redis does not answer, each pod falls back to its own buckets rather than refusing
-everyone.
+everyone. The worker processes of one relay without Redis share the buckets kept by their
+parent (relay.pubsub.workerbus), each falling back to its own the same way.
 
 The client address is the TCP peer's, or the one a trusted proxy names
 (relay.server.clientaddr). Loopback clients are not limited unless
@@ -13,19 +14,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from typing import Protocol
 
 import redis.asyncio as aioredis
 import trio
 from trio_asyncio import aio_as_trio
 
-from relay.protocol.limits import Rate, RateLimits
+from relay.protocol.limits import Rate, RateLimits, TokenBuckets
 from relay.pubsub.redis_bridge import REDIS_ERRORS
 from relay.server.clientaddr import ClientAddress
 
 log = logging.getLogger(__name__)
 
-MAX_TRACKED_KEYS = 100_000
 WINDOW_SECONDS = 10
 # A shared check that takes longer is given up (local buckets decide), and Redis is then
 # left alone for BREAKER_SECONDS: a stalled Redis costs one message at most this much, not
@@ -39,27 +39,16 @@ def rate_limited(client: ClientAddress, limit_loopback: bool) -> bool:
     return limit_loopback or not client.loopback
 
 
-class TokenBuckets:
-    """Buckets keyed by (action, who), the least recently used forgotten past a cap."""
-
-    def __init__(self) -> None:
-        self._buckets: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
-
-    def take(self, action: str, who: str, rate: Rate, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        key = (action, who)
-        tokens, last = self._buckets.pop(key, (float(rate.burst), now))
-        tokens = min(float(rate.burst), tokens + (now - last) * rate.per_second)
-        allowed = tokens >= 1.0
-        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
-        if len(self._buckets) > MAX_TRACKED_KEYS:
-            self._buckets.popitem(last=False)
-        return allowed
+class SharedBuckets(Protocol):
+    async def allow(self, action: str, who: str) -> bool | None:
+        """The shared verdict, or None when it could not be had in time."""
 
 
 class RateLimiter:
     def __init__(self, limits: RateLimits, redis_url: str | None = None, prefix: str = "") -> None:
         self.limits = limits
+        # The worker bus's shared buckets (RELAY_WORKERS > 1 without Redis); see `allow`.
+        self.workers: SharedBuckets | None = None
         self.local = TokenBuckets()
         self.prefix = prefix
         self._redis = aioredis.Redis.from_url(redis_url, socket_timeout=1) if redis_url else None
@@ -67,18 +56,17 @@ class RateLimiter:
         self._redis_skipped_until = float("-inf")
         self.breaker_trips = 0
 
-    def _rate(self, action: str) -> Rate:
-        return {"event": self.limits.events, "req": self.limits.reqs}.get(
-            action, self.limits.connections
-        )
-
     async def allow(self, action: str, who: str) -> bool:
         """May `who` (a client address or `pubkey:<hex>`) do `action` (event, req, connect)
         now?"""
         if not self.limits.enabled:
             return True
-        rate = self._rate(action)
-        allowed = await self._shared(action, who, rate) if self._redis else None
+        rate = self.limits.rate_of(action)
+        allowed = None
+        if self._redis:
+            allowed = await self._shared(action, who, rate)
+        elif self.workers is not None:
+            allowed = await self.workers.allow(action, who)
         if allowed is None:
             allowed = self.local.take(action, who, rate)
         if not allowed:

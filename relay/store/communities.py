@@ -96,6 +96,10 @@ class Communities:
         if missing, with their aliases, and learn every name."""
         self._learn(await self._db.run(_ensure, [host_group(spec) for spec in specs]))
 
+    async def load(self) -> None:
+        """Learn every name (what `ensure` does, without creating any)."""
+        self._learn(await self._db.run(_known))
+
     async def add_alias(self, alias: str, of: str) -> str | None:
         """Make `alias` reach the community of `of`; the refusal, or None."""
         refusal = await self._db.run(_add_alias, alias, of)
