@@ -28,9 +28,11 @@ class SetupError(Exception):
     """The benchmark could not be set up (exit status 2)."""
 
 
-def admin(sql: str) -> None:
+def admin(sql: str, url: str = ADMIN_URL) -> None:
+    """Run `sql` on the server's admin database (or the database `url` names)."""
+
     async def run() -> None:
-        conn = await asyncpg.connect(ADMIN_URL, timeout=10)
+        conn = await asyncpg.connect(url, timeout=10)
         try:
             await conn.execute(sql, timeout=60)
         finally:

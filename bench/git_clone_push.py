@@ -69,7 +69,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -82,7 +82,7 @@ from coincurve import PrivateKey
 
 from bench.common import bounded, free_port, fresh_database, log_tail, positive_float, spawned_relay
 from relay.events import kinds
-from relay.events.model import sign_event
+from relay.events.model import Event, sign_event
 from relay.git.nip98 import make_token
 from relay.git.workspace import SERVE_OPTIONS
 from relay.keys import pubkey_hex
@@ -320,11 +320,16 @@ class RelayProcess:
 
 
 @contextlib.contextmanager
-def relay_process(database_url: str, work: Path) -> Iterator[RelayProcess]:
+def relay_process(
+    database_url: str, work: Path, extra_env: Mapping[str, str] | None = None
+) -> Iterator[RelayProcess]:
+    """The relay on a free port, its data and scratch directories in `work` (a second relay
+    on the same `work` and database serves what the first one stored); `extra_env` adds or
+    overrides settings."""
     port = free_port()
     data_dir = work / "relay-data"
     scratch = work / "relay-scratch"
-    scratch.mkdir()
+    scratch.mkdir(exist_ok=True)
     env = {
         **os.environ,
         "RELAY_BIND": "127.0.0.1",
@@ -336,6 +341,7 @@ def relay_process(database_url: str, work: Path) -> Iterator[RelayProcess]:
         "RELAY_GIT_PROBE": "off",
         "RELAY_GIT_SCRATCH_DIR": str(scratch),
         "RELAY_LOG_LEVEL": "warning",
+        **(extra_env or {}),
     }
     relay = RelayProcess(port=port, data_dir=data_dir, log_path=work / "relay.log")
     with spawned_relay(
@@ -345,11 +351,16 @@ def relay_process(database_url: str, work: Path) -> Iterator[RelayProcess]:
         yield relay
 
 
-async def _announce(port: int, key: PrivateKey, repo: str) -> None:
-    # Its clone tag lists the relay's URL of the repository, so the relay hosts it (GRASP-01).
+def announcement(port: int, key: PrivateKey, repo: str) -> Event:
+    """A signed kind 30617 of `repo` whose clone tag lists the relay's URL of the
+    repository, so the relay hosts it (GRASP-01)."""
     clone = f"http://127.0.0.1:{port}/git/{pubkey_hex(key)}/{repo}.git"
     tags = [["d", repo], ["clone", clone]]
-    event = sign_event(key, kind=kinds.REPO_ANNOUNCEMENT, tags=tags, created_at=int(time.time()))
+    return sign_event(key, kind=kinds.REPO_ANNOUNCEMENT, tags=tags, created_at=int(time.time()))
+
+
+async def _announce(port: int, key: PrivateKey, repo: str) -> None:
+    event = announcement(port, key, repo)
     with trio.fail_after(ANNOUNCE_TIMEOUT):
         async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/") as ws:
             await ws.send_message(orjson.dumps(["EVENT", event.to_dict()]).decode())

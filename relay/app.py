@@ -185,7 +185,7 @@ async def open_relay(settings: Settings, role: WorkerRole | None = None) -> Asyn
             processes=trio.CapacityLimiter(settings.git_max_processes),
             auth_window=settings.git_auth_window_seconds,
             hosts_of=communities.hosts_of,
-            cache=PackCache(scratch / PACK_CACHE_DIR, cache_bytes) if cache_bytes else None,
+            cache=pack_cache(scratch / PACK_CACHE_DIR, cache_bytes, role) if cache_bytes else None,
         )
         moderation = Moderation(
             ModerationStore(db),
@@ -232,6 +232,16 @@ async def open_relay(settings: Settings, role: WorkerRole | None = None) -> Asyn
         finally:
             await relay.limiter.aclose()
             await moderation.aclose()
+
+
+def pack_cache(root: Path, max_bytes: int, role: WorkerRole | None) -> PackCache:
+    """The pack cache of this process: the whole of `root`, or a worker's own directory in
+    it with its share of the size, looking in the other workers' on a miss."""
+    if role is None:
+        return PackCache(root, max_bytes)
+    own = root / f"worker-{role.index}"
+    others = tuple(root / f"worker-{j}" for j in range(role.count) if j != role.index)
+    return PackCache(own, max_bytes // role.count, others)
 
 
 def wire_git(

@@ -86,9 +86,25 @@ def _search_config(value: str) -> str:
     return "simple"
 
 
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def available_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The CPUs this process may use: those it may run on, fewer when its cgroup (a
+    container's CPU limit) grants less time than that (`cpu.max`, rounded up)."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
 def _workers(value: str) -> int:
     if value.strip().lower() == "auto":
-        return max(1, len(os.sched_getaffinity(0)))
+        return min(256, available_cpus())
     return _int_in(1, 256)(value)
 
 
@@ -205,7 +221,8 @@ SETTINGS: tuple[Setting, ...] = (
             _int_in(0, 65535)),
     Setting("RELAY_WORKERS", "workers", "1",
             "worker processes serving the one port (1-256, or auto: one per CPU this process"
-            " may use); more than 1 runs them under a supervising parent", _workers),
+            " may use, within its cgroup's CPU limit); more than 1 runs them under a"
+            " supervising parent", _workers),
     Setting("RELAY_DATA_DIR", "data_dir", "./relay-data",
             "directory for the embedded database and the relay key", _text),
     Setting("RELAY_PUBLIC_URL", "public_url", "ws://localhost:7777",

@@ -15,6 +15,7 @@ from relay.config import Settings
 # Set by the parent for its workers only: internal, not settings (hence the leading _).
 INDEX_ENV = "_RELAY_WORKER_INDEX"
 BUS_ENV = "_RELAY_WORKER_BUS"
+COUNT_ENV = "_RELAY_WORKER_COUNT"
 LISTEN_FD_ENV = "_RELAY_LISTEN_FD"
 BACKLOG = 4096
 
@@ -24,6 +25,7 @@ class WorkerRole:
     """What a worker process is told by its parent."""
 
     index: int
+    count: int  # the relay's workers
     bus_path: str
     listen_fd: int | None  # the parent's listening socket, where there is no SO_REUSEPORT
 
@@ -33,7 +35,8 @@ def worker_role(environ: dict[str, str] | None = None) -> WorkerRole | None:
     if INDEX_ENV not in env or BUS_ENV not in env:
         return None
     fd = env.get(LISTEN_FD_ENV)
-    return WorkerRole(int(env[INDEX_ENV]), env[BUS_ENV], int(fd) if fd else None)
+    count = int(env.get(COUNT_ENV, "1"))
+    return WorkerRole(int(env[INDEX_ENV]), count, env[BUS_ENV], int(fd) if fd else None)
 
 
 def has_reuse_port() -> bool:

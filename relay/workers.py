@@ -35,7 +35,14 @@ import trio
 import trio_asyncio
 
 from relay.config import Settings
-from relay.listening import BUS_ENV, INDEX_ENV, LISTEN_FD_ENV, has_reuse_port, listening_socket
+from relay.listening import (
+    BUS_ENV,
+    COUNT_ENV,
+    INDEX_ENV,
+    LISTEN_FD_ENV,
+    has_reuse_port,
+    listening_socket,
+)
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +164,7 @@ async def supervise(settings: Settings, shutdown: trio.Event) -> None:
                 "RELAY_PORT": str(port),
                 "RELAY_DATABASE_URL": url,
                 BUS_ENV: bus_path,
+                COUNT_ENV: str(count),
             }
             fds: tuple[int, ...] = ()
             if not reuse:

@@ -5,6 +5,13 @@ can never be stale, and it is made only from a pack that passed its digest check
 idx that git wrote or that matches the pack. Files appear by atomic rename and are handed to
 a request's workspace by hard link. The least recently used entries go first once the
 cache is over its size.
+
+Several worker processes of one relay (RELAY_WORKERS) each keep their own cache, a
+directory of the shared one with its share of the size, and on a miss look in the others'
+first: a pack found there is hard-linked into the worker's own cache (the same file on
+disk, never a copy on one filesystem), so a repository one worker fetched is not fetched
+again by another. A worker only ever removes files from its own directory; a file another
+worker still links stays on disk until the last name goes.
 """
 
 from __future__ import annotations
@@ -32,9 +39,11 @@ def _place(source: Path, target: Path) -> None:
 
 
 class PackCache:
-    def __init__(self, root: Path, max_bytes: int) -> None:
+    def __init__(self, root: Path, max_bytes: int, siblings: tuple[Path, ...] = ()) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        # The other workers' caches, looked in on a miss.
+        self.siblings = siblings
         self._entries: OrderedDict[str, int] = OrderedDict()
         self._bytes = 0
         self.hits = 0
@@ -55,7 +64,7 @@ class PackCache:
 
     async def link_into(self, digest: str, pack_path: Path) -> int | None:
         """Put a cached pack and its idx at pack_path (and .idx); its size, or None."""
-        if digest not in self._entries:
+        if digest not in self._entries and not await self._adopt(digest):
             self.misses += 1
             return None
         pack, idx = self._paths(digest)
@@ -75,6 +84,16 @@ class PackCache:
         self._entries.move_to_end(digest)
         self.hits += 1
         return size
+
+    async def _adopt(self, digest: str) -> bool:
+        """Link another worker's cached pack into this cache; whether there was one."""
+        for sibling in self.siblings:
+            pack = sibling / f"{digest}.pack"
+            if pack.exists() and pack.with_suffix(".idx").exists():
+                await self.add(digest, pack)
+                if digest in self._entries:
+                    return True
+        return False
 
     async def add(self, digest: str, pack_path: Path) -> None:
         """Keep a verified pack (and the idx beside it) for the next request."""

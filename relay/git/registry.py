@@ -157,18 +157,21 @@ class Listed:
 
 
 # The hosted repositories of a community: registry rows whose owner's announcement is
-# stored; a page of them by name, each with the relay-signed ref state.
+# stored; a page of them by name, each with the relay-signed ref state. Each join says
+# `coordinate_d IS NOT NULL` so that it reads the one row of events_one_per_coordinate (a
+# partial index) rather than every event of the relay's key and kind.
 _ANNOUNCED = f"""
 FROM git_repo_names n
 JOIN events a ON a.community_id = n.community_id AND a.pubkey = decode(n.owner_pubkey, 'hex')
     AND a.kind = {kinds.REPO_ANNOUNCEMENT} AND a.coordinate_d = n.repo_id
+    AND a.coordinate_d IS NOT NULL
 """
 _COUNT_HOSTED = f"SELECT count(*) {_ANNOUNCED} WHERE n.community_id = $1"
 _LISTING = f"""
 SELECT n.repo_id, n.owner_pubkey, a.raw AS announcement, s.raw AS state
 {_ANNOUNCED}
 LEFT JOIN events s ON s.community_id = n.community_id AND s.pubkey = $2
-    AND s.kind = {kinds.REPO_STATE} AND s.coordinate_d = n.repo_id
+    AND s.kind = {kinds.REPO_STATE} AND s.coordinate_d = n.repo_id AND s.coordinate_d IS NOT NULL
 WHERE n.community_id = $1
 ORDER BY n.repo_id
 LIMIT $3 OFFSET $4

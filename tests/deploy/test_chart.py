@@ -428,3 +428,26 @@ def test_config_change_rolls_the_pods(chart: helm.Chart) -> None:
 
     assert checksum({}) == checksum({})
     assert checksum({}) != checksum({"relay": {"logLevel": "debug"}})
+
+
+def test_workers_reach_the_relay_and_size_the_cpu_request(chart: helm.Chart) -> None:
+    def relay_container(values: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+        docs = manifests(render(chart, values))
+        pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+        return one(docs, "ConfigMap")["data"], pod["containers"][0]["resources"]
+
+    data, resources = relay_container({})
+    assert data["RELAY_WORKERS"] == "1" and resources["requests"]["cpu"] == "250m"
+    assert load_settings({**data, **SECRET_VALUES}).workers == 1
+    data, resources = relay_container({"workers": 4})
+    assert data["RELAY_WORKERS"] == "4" and resources["requests"]["cpu"] == "1000m"
+    assert resources["requests"]["memory"] == "512Mi" and resources["limits"]["memory"] == "3Gi"
+    assert load_settings({**data, **SECRET_VALUES}).workers == 4
+    _, resources = relay_container({"workers": 4, "resources": {"requests": {"cpu": "3"}}})
+    assert resources["requests"]["cpu"] == "3"  # the operator's own request wins
+    data, _ = relay_container({"workers": "auto"})
+    assert data["RELAY_WORKERS"] == "auto"
+    with pytest.raises(helm.HelmValuesError, match="workers"):
+        render(chart, {"workers": 0})
+    with pytest.raises(helm.HelmValuesError, match="workers"):
+        render(chart, {"workers": "many"})

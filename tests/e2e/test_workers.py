@@ -6,6 +6,7 @@ acknowledged event."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -46,8 +47,11 @@ async def metric(port: int, name: str) -> dict[str, float]:
 
 
 async def every_worker_ready(port: int) -> None:
-    with trio.fail_after(30):
-        while len(await metric(port, "relay_worker_bus_up")) < WORKERS:
+    with trio.fail_after(60):
+        while True:
+            with contextlib.suppress(OSError):
+                if len(await metric(port, "relay_worker_bus_up")) == WORKERS:
+                    return
             await trio.sleep(0.1)
 
 
@@ -203,3 +207,38 @@ async def test_a_killed_worker_is_replaced_and_sigterm_loses_nothing_acknowledge
     assert not missing, f"{len(missing)} acknowledged events were lost"
     text = log.read_text()
     assert "all workers stopped" in text
+
+
+async def test_without_so_reuseport_the_workers_share_the_parents_socket(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nursery: trio.Nursery
+) -> None:
+    """The supervisor runs in this process, told the platform has no SO_REUSEPORT; its
+    workers (processes, configured by the environment as an operator's are) accept on the
+    one socket it opened and passed them."""
+    from relay.config import load_settings
+    from relay.workers import supervise
+
+    monkeypatch.setattr("relay.workers.has_reuse_port", lambda: False)
+    port = free_port()
+    for name, value in worker_env(db_url, tmp_path, RELAY_PORT=str(port)).items():
+        monkeypatch.setenv(name, value)
+    shutdown, stopped = trio.Event(), trio.Event()
+
+    async def run() -> None:
+        await supervise(load_settings(), shutdown)
+        stopped.set()
+
+    nursery.start_soon(run)
+    await every_worker_ready(port)
+    async with connect(port) as listener:
+        await listener.req("live", {"kinds": [1]}, live=True)
+        events = [make_event(new_key()) for _ in range(10)]
+        for event in events:  # ten connections: the kernel hands them to either worker
+            async with connect(port) as client:
+                assert (await client.publish(event))[2] is True
+        got = [(await listener.recv())[2]["id"] for _ in events]
+        assert got == [e.id for e in events]
+    assert len(await metric(port, "relay_connections")) == WORKERS
+    shutdown.set()
+    with trio.fail_after(40):
+        await stopped.wait()

@@ -105,3 +105,38 @@ async def test_cache_stays_within_its_size(tmp_path: Path) -> None:
     assert await cache.link_into(digests[-1], target) == 1000
     assert target.with_suffix(".idx").read_bytes() == b"i" * 200
     assert await cache.link_into(digests[0], work / "gone.pack") is None
+
+
+async def test_workers_share_their_caches_by_hard_link(tmp_path: Path) -> None:
+    """Two workers' caches (relay.app.pack_cache): a pack one cached is found by the other,
+    linked (the same file on disk), and one evicting its own name leaves the other's."""
+    from relay.app import pack_cache
+    from relay.listening import WorkerRole
+
+    root = tmp_path / "cache"
+    first = pack_cache(root, 2 * 3000, WorkerRole(0, 2, "bus", None))
+    second = pack_cache(root, 2 * 3000, WorkerRole(1, 2, "bus", None))
+    assert (first.root, first.max_bytes) == (root / "worker-0", 3000)
+    work = tmp_path / "work"
+    work.mkdir()
+    digest = model.sha256_hex(b"shared")
+    pack = work / f"{digest}.pack"
+    pack.write_bytes(b"p" * 1000)
+    pack.with_suffix(".idx").write_bytes(b"i" * 200)
+    await first.add(digest, pack)
+    target = work / "second.pack"
+    assert await second.link_into(digest, target) == 1000
+    assert (second.hits, second.misses) == (1, 0)
+    mine, theirs = second.root / f"{digest}.pack", first.root / f"{digest}.pack"
+    assert mine.stat().st_ino == theirs.stat().st_ino  # linked, not copied
+    # The first worker fills its cache and evicts the shared pack: the second keeps it.
+    for i in range(3):
+        other = model.sha256_hex(str(i).encode())
+        filler = work / f"{other}.pack"
+        filler.write_bytes(b"f" * 1000)
+        filler.with_suffix(".idx").write_bytes(b"i" * 200)
+        await first.add(other, filler)
+    assert not theirs.exists()
+    assert await second.link_into(digest, work / "again.pack") == 1000
+    # Nothing cached anywhere is a miss.
+    assert await second.link_into(model.sha256_hex(b"none"), work / "none.pack") is None

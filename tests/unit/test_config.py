@@ -3,12 +3,13 @@ naming its variable, and the help text."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
 
-from relay.config import SETTINGS, ConfigError, load_settings, settings_help
+from relay.config import SETTINGS, ConfigError, available_cpus, load_settings, settings_help
 from relay.protocol.limits import Limits
 
 
@@ -179,3 +180,22 @@ def test_settings_help_mentions_every_variable() -> None:
     missing = {name for name in mentioned if not re.search(rf" {name} ", text)}
     assert missing == set()
     assert len(SETTINGS) == len({s.env for s in SETTINGS}) == len({s.field for s in SETTINGS})
+
+
+def test_workers_auto_is_the_cpus_this_process_may_use(tmp_path: Path) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    assert load_settings({"RELAY_WORKERS": "auto"}).workers == available_cpus()
+    assert load_settings({}).workers == 1
+    assert load_settings({"RELAY_WORKERS": "3"}).workers == 3
+    with pytest.raises(ConfigError, match="RELAY_WORKERS"):
+        load_settings({"RELAY_WORKERS": "0"})
+    with pytest.raises(ConfigError, match="RELAY_WORKERS"):
+        load_settings({"RELAY_WORKERS": "many"})
+    cpu_max = tmp_path / "cpu.max"
+    assert available_cpus(cpu_max) == cpus  # no cgroup file: every CPU it may run on
+    cpu_max.write_text("max 100000\n")
+    assert available_cpus(cpu_max) == cpus
+    cpu_max.write_text("50000 100000\n")  # half a CPU: one worker
+    assert available_cpus(cpu_max) == 1
+    cpu_max.write_text(f"{150000 * cpus} 100000\n")  # more time than CPUs: the CPUs
+    assert available_cpus(cpu_max) == cpus

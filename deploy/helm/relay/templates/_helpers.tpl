@@ -95,6 +95,7 @@ RELAY_SHUTDOWN_GRACE: relay.shutdownGraceSeconds
 RELAY_TRUSTED_PROXIES: relay.trustedProxies
 RELAY_RATE_LIMIT_LOOPBACK: relay.rateLimitLoopback
 RELAY_WEB_PAGES: relay.webPages
+RELAY_WORKERS: workers
 RELAY_DB_POOL_SIZE: database.poolSize
 RELAY_REDIS_PREFIX: redis.prefix
 RELAY_S3_REGION: s3.region
@@ -114,6 +115,23 @@ RELAY_GIT_RECONCILE_SECONDS: git.reconcileSeconds
 RELAY_GIT_PROVISION: git.provision
 RELAY_GIT_PURGATORY_SECONDS: git.purgatorySeconds
 RELAY_GIT_SCRATCH_DIR: gitScratch.mountPath
+{{- end -}}
+
+{{/*
+The relay container's resources: the CPU request is workers x cpuPerWorkerMillicores (one
+worker's for "auto") unless resources.requests.cpu is set.
+*/}}
+{{- define "relay.resources" -}}
+{{- $v := .Values -}}
+{{- $resources := deepCopy $v.resources -}}
+{{- $requests := default (dict) $resources.requests -}}
+{{- if not $requests.cpu -}}
+{{- $workers := 1 -}}
+{{- if not (kindIs "string" $v.workers) }}{{ $workers = $v.workers | int }}{{ end -}}
+{{- $_ := set $requests "cpu" (printf "%dm" (mul $workers ($v.cpuPerWorkerMillicores | int))) -}}
+{{- end -}}
+{{- $_ := set $resources "requests" $requests -}}
+{{- toYaml $resources -}}
 {{- end -}}
 
 {{- define "relay.credentialSettings" -}}
@@ -148,6 +166,7 @@ values arrive as float64 and would otherwise print as 2.68435456e+08.
 {{- $_ = set $s "RELAY_TRUSTED_PROXIES" (join "," $v.relay.trustedProxies) -}}
 {{- $_ = set $s "RELAY_RATE_LIMIT_LOOPBACK" (ternary "on" "off" $v.relay.rateLimitLoopback) -}}
 {{- $_ = set $s "RELAY_WEB_PAGES" (ternary "on" "off" $v.relay.webPages) -}}
+{{- $_ = set $s "RELAY_WORKERS" ($v.workers | toString) -}}
 {{- $_ = set $s "RELAY_DB_POOL_SIZE" ($v.database.poolSize | int64 | toString) -}}
 {{- $_ = set $s "RELAY_REDIS_PREFIX" $v.redis.prefix -}}
 {{- with $v.s3.endpoint }}{{ $_ = set $s "RELAY_S3_ENDPOINT" . }}{{ end -}}
