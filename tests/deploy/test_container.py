@@ -360,3 +360,11 @@ def test_image_and_chart_agree(final: Stage) -> None:
     assert values["containerPort"] == int(env["RELAY_PORT"])
     assert values["dataDir"]["mountPath"] == env["RELAY_DATA_DIR"]
     assert values["gitScratch"]["mountPath"] == env["RELAY_GIT_SCRATCH_DIR"]
+
+
+def test_the_image_serves_with_one_worker_unless_told_otherwise(final: Stage) -> None:
+    from relay.config import load_settings
+
+    env = env_of(final)
+    assert env["RELAY_WORKERS"] == "1"
+    assert load_settings({**env, "RELAY_WORKERS": "auto"}).workers >= 1
