@@ -11,14 +11,20 @@ RELAY_ADMIN_PUBKEYS, are managed here only: `addadmin`, `removeadmin`, `listadmi
 from __future__ import annotations
 
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 
 from relay.config import ConfigError, Settings
+from relay.keys import load_relay_key
 from relay.protocol.bech32 import decode_key
 from relay.server.management import METHODS, Call, Moderation, RpcError
-from relay.store.db import Connection
+from relay.server.membership import Membership
+from relay.store.db import Connection, Database
+from relay.store.events import EventStore
+from relay.store.membership import MembershipStore
 from relay.store.moderation import ModerationStore
 from relay.transfer import open_community
 
@@ -57,19 +63,35 @@ async def admin_command(
         if method in ADMIN_METHODS:
             result = await _admins(db.run, community_id, method, args)
         else:
-            moderation = Moderation(
-                ModerationStore(db), admins=frozenset(), https=False, auth_window=0,
-                hosts_of=_no_names, redis_url=settings.redis_url, prefix=settings.redis_prefix,
-            )  # fmt: skip
-            try:
-                await moderation.reload()
-                result = await moderation.call(community_id, Call(method, args))
-            except RpcError as exc:
-                raise AdminRefused(f"{method}: {exc}") from None
-            finally:
-                await moderation.aclose()
+            async with shell_moderation(settings, db) as moderation:
+                try:
+                    result = await moderation.call(community_id, Call(method, args))
+                except RpcError as exc:
+                    raise AdminRefused(f"{method}: {exc}") from None
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     print(f"relay admin {method} on {host}: done", file=sys.stderr)
+
+
+@asynccontextmanager
+async def shell_moderation(settings: Settings, db: Database) -> AsyncIterator[Moderation]:
+    """The moderation of a command run from the shell, as a pod's: its changes are told to
+    running pods through Redis when RELAY_REDIS_URL is set (else they reload within a
+    second); members-only communities' changes sign their NIP-43 events with the relay's
+    key (RELAY_SECRET_KEY, else the data directory's), and need it (no membership without)."""
+    moderation = Moderation(
+        ModerationStore(db), admins=frozenset(), https=False, auth_window=0,
+        hosts_of=_no_names, redis_url=settings.redis_url, prefix=settings.redis_prefix,
+    )  # fmt: skip
+    key = load_relay_key(settings.secret_key, settings.data_path)
+    if key is not None:
+        moderation.membership = Membership(
+            MembershipStore(db), EventStore(db), key, moderation.changed
+        )
+    try:
+        await moderation.reload()
+        yield moderation
+    finally:
+        await moderation.aclose()
 
 
 async def _no_names(community_id: int) -> frozenset[str]:

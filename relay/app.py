@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -20,6 +20,7 @@ from coincurve import PrivateKey
 from relay.config import ConfigError, Settings
 from relay.events import kinds
 from relay.events.ingest import Ingest
+from relay.events.model import Event
 from relay.git.announce import Announcements
 from relay.git.maintainers import Repos
 from relay.git.objectstore import GitObjects, ObjectStore
@@ -35,11 +36,13 @@ from relay.git.workspace import GitLimits
 from relay.keys import load_or_create_key, pubkey_hex
 from relay.listening import WorkerRole, open_listeners
 from relay.metrics import Metrics, TimedObjectStore
+from relay.protocol.access import JOIN_REQUEST, LEAVE_REQUEST, check_membership_request
 from relay.pubsub.fanout import Fanout
 from relay.pubsub.redis_bridge import RedisBridge
 from relay.pubsub.workerbus import WorkerBus
 from relay.server.listener import handle_stream
 from relay.server.management import Moderation
+from relay.server.membership import Membership
 from relay.server.ratelimit import RateLimiter
 from relay.startup import startup_lines
 from relay.store.communities import Communities
@@ -47,6 +50,7 @@ from relay.store.db import Database
 from relay.store.embedded import embedded_postgres
 from relay.store.events import EventStore
 from relay.store.group_commit import GroupCommit
+from relay.store.membership import MembershipStore
 from relay.store.migrations import migrate
 from relay.store.moderation import ModerationStore
 from relay.web.pages import WebPages
@@ -198,6 +202,8 @@ async def open_relay(settings: Settings, role: WorkerRole | None = None) -> Asyn
         )
         await moderation.reload()
         ingest.moderation = moderation.refusal
+        membership = wire_membership(db, store, ingest, key, moderation, fanout.publish)
+        git.access_of = moderation.access
         limiter = RateLimiter(settings.rate, settings.redis_url, settings.redis_prefix)
         limiter.workers = workers
         relay = Relay(
@@ -223,15 +229,51 @@ async def open_relay(settings: Settings, role: WorkerRole | None = None) -> Asyn
                 pubkey_hex(key),
                 https=settings.public_url.startswith("wss://"),
                 public_read=settings.git_public_read,
+                access_of=moderation.access,
             ),
             bridge=bridge,
             workers=workers,
+            membership=membership,
         )
+        moderation.on_access_change.append(partial(access_changed, relay))
         try:
             yield relay
         finally:
             await relay.limiter.aclose()
             await moderation.aclose()
+
+
+def wire_membership(
+    db: Database,
+    store: EventStore,
+    ingest: Ingest,
+    key: PrivateKey,
+    moderation: Moderation,
+    publish: Callable[[int, Event, str], None],
+) -> Membership:
+    """Members-only communities (NIP-43): writes need a member's AUTH (a join request only
+    an AUTH), join and leave requests change the membership, NIP-86 calls map onto it."""
+    membership = Membership(MembershipStore(db), store, key, moderation.changed, publish)
+    moderation.membership = membership
+
+    def refusal(community_id: int, event: Event, authenticated: Collection[str]) -> str | None:
+        return moderation.access(community_id).event_refusal(event, authenticated)
+
+    def request_rules(event: Event) -> str | None:
+        return check_membership_request(event, int(time.time()))
+
+    ingest.access = refusal
+    for kind in (JOIN_REQUEST, LEAVE_REQUEST):
+        ingest.side_effects[kind] = membership
+        ingest.validators[kind] = request_rules
+    return membership
+
+
+def access_changed(relay: Relay, community_id: int) -> None:
+    """A community's members or mode changed: its open connections check their access."""
+    for connection in list(relay.connections):
+        if connection.community_id == community_id:
+            connection.access_changed()
 
 
 def pack_cache(root: Path, max_bytes: int, role: WorkerRole | None) -> PackCache:

@@ -49,13 +49,14 @@ _EVENT_LIMITS = ("MAX_EVENT_*", "MAX_TAG_VALUE_BYTES", "MAX_FUTURE_SECONDS")
 COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
     "serve": ("*",),
     "migrate": _DATABASE,
-    "community": _DATABASE,
+    "community": (*_DATABASE, "REDIS_*", "SECRET_KEY"),
     "export": (*_DATABASE, "HOSTS"),
     "import": (*_DATABASE, "HOSTS", *_EVENT_LIMITS),
     "sync": (*_DATABASE, "HOSTS", *_EVENT_LIMITS, "MAX_FILTER_VALUES", "NEG_MAX_*", "NEG_FRAME_*"),
     "probe": (*_OBJECT_STORE, "GIT_PROBE_*"),
     "gc": _OBJECT_STORE,
-    "admin": (*_DATABASE, "HOSTS", "REDIS_*"),
+    "admin": (*_DATABASE, "HOSTS", "REDIS_*", "SECRET_KEY"),
+    "member": (*_DATABASE, "HOSTS", "REDIS_*", "SECRET_KEY"),
     "keygen": (),
 }
 
@@ -352,15 +353,44 @@ def build_parser() -> argparse.ArgumentParser:
             "at start-up; `relay community add HOST` adds another without a restart (pods\n"
             "find it on its first request), `--alias-of EXISTING` makes HOST a name of an\n"
             "existing community instead. `list` prints each community's names on a line.\n"
+            "`--members-only` makes the new community members-only (NIP-43);\n"
+            "`relay community set HOST access=members` (or access=public) changes an\n"
+            "existing one's: in a members-only community a connection must AUTH (NIP-42)\n"
+            "as a member before it reads or writes, and git needs a member's NIP-98 token.\n"
             "Reads RELAY_DATABASE_URL (or the embedded database in RELAY_DATA_DIR)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    community.add_argument("action", choices=("list", "add"))
-    community.add_argument("host", nargs="?", help="the host name to add")
+    community.add_argument("action", choices=("list", "add", "set"))
+    community.add_argument("host", nargs="?", help="the host name to add or set")
+    community.add_argument("setting", nargs="?", help="set: access=members or access=public")
     community.add_argument(
         "--alias-of", metavar="HOST", help="make HOST another name of this community"
     )
+    community.add_argument(
+        "--members-only", action="store_true", help="add: the new community is members-only"
+    )
+    member = _command(
+        commands,
+        "member",
+        "the members of a members-only community (NIP-43): add, remove, list, invite",
+        "Members of a members-only community read and write it (after NIP-42 AUTH) and use\n"
+        "its git repositories (NIP-98). Every change is published by the relay, signed with\n"
+        "its key: the community's kind 13534 membership list and a kind 8000 (added) or\n"
+        "8001 (removed); running pods apply it within a second.\n"
+        "  relay member add HOST NPUB       make NPUB (or a hex pubkey) a member\n"
+        "  relay member remove HOST NPUB    end the membership (open connections lose access)\n"
+        "  relay member list HOST           hex, npub, how they joined, since when\n"
+        "  relay member invite HOST [--uses N] [--expires 7d]\n"
+        "                                   print a new invite code, claimed with a kind 28934\n"
+        "                                   join request (default: 1 use, 7 days; --uses 0:\n"
+        "                                   unlimited; --expires never)",
+    )
+    member.add_argument("action", choices=("add", "remove", "list", "invite"))
+    member.add_argument("host", help="the community (one of its host names)")
+    member.add_argument("who", nargs="?", help="add/remove: the member's npub or hex pubkey")
+    member.add_argument("--uses", type=int, default=1, help="invite: uses (0: unlimited)")
+    member.add_argument("--expires", default="7d", help="invite: 30m, 12h, 7d, 2w or never")
     return parser
 
 
@@ -452,17 +482,30 @@ async def _gc(settings: Settings, *, dry_run: bool, grace: float) -> None:
 
 
 async def _community(
-    settings: Settings, action: str, host: str | None, alias_of: str | None
+    settings: Settings,
+    action: str,
+    host: str | None,
+    alias_of: str | None,
+    setting: str | None = None,
+    members_only: bool = False,
 ) -> None:
     from relay.app import open_database
+    from relay.members import access_command, parse_access
+    from relay.protocol.access import MEMBERS
     from relay.protocol.hosts import normalize_host
     from relay.store.communities import Communities
 
-    name = normalize_host(host or "") if action == "add" else None
-    if action == "add" and name is None:
+    name = normalize_host(host or "") if action in ("add", "set") else None
+    if action in ("add", "set") and name is None:
         raise ConfigError(
-            "community add needs a host name" if not host else f"{host!r} is not a host name"
+            f"community {action} needs a host name"
+            if not host
+            else f"{host!r} is not a host name"
         )
+    if action == "set":
+        assert name is not None
+        await access_command(settings, name, parse_access(setting or ""))
+        return
     of = normalize_host(alias_of) if alias_of else None
     if alias_of and of is None:
         raise ConfigError(f"--alias-of {alias_of!r} is not a host name")
@@ -478,6 +521,8 @@ async def _community(
             await communities.ensure([name] if name else [])
         for names in (await communities.names()).values():
             print(" ".join(names))
+    if members_only and name is not None:
+        await access_command(settings, name, MEMBERS)
 
 
 async def _migrate(settings: Settings) -> None:
@@ -502,7 +547,17 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     runner = {"serve": _serve, "migrate": _migrate}.get(args.command)
     if args.command == "community":
-        runner = partial(_community, action=args.action, host=args.host, alias_of=args.alias_of)
+        runner = partial(
+            _community, action=args.action, host=args.host, alias_of=args.alias_of,
+            setting=args.setting, members_only=args.members_only,
+        )  # fmt: skip
+    elif args.command == "member":
+        from relay.members import member_command
+
+        runner = partial(
+            member_command, action=args.action, host=args.host, who=args.who,
+            uses=args.uses or None, expires=args.expires,
+        )  # fmt: skip
     elif args.command == "gc":
         runner = partial(_gc, dry_run=args.dry_run, grace=args.grace)
     elif args.command == "probe":

@@ -27,5 +27,13 @@ def load_or_create_key(secret_hex: str | None, data_dir: Path) -> PrivateKey:
     return key
 
 
+def load_relay_key(secret_hex: str | None, data_dir: Path) -> PrivateKey | None:
+    """The relay's key as a command run beside it finds it (RELAY_SECRET_KEY, else the
+    data directory's file), never a new one; None when there is none."""
+    if secret_hex or (data_dir / KEY_FILE).exists():
+        return load_or_create_key(secret_hex, data_dir)
+    return None
+
+
 def pubkey_hex(key: PrivateKey) -> str:
     return str(key.public_key_xonly.format().hex())

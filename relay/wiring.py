@@ -28,6 +28,7 @@ from relay.pubsub.fanout import Fanout
 from relay.pubsub.redis_bridge import RedisBridge
 from relay.pubsub.workerbus import WorkerBus
 from relay.server.management import Moderation
+from relay.server.membership import Membership
 from relay.server.ratelimit import RateLimiter
 from relay.store.communities import Communities
 from relay.store.db import Database
@@ -56,6 +57,7 @@ class Relay:
     git: GitService
     moderation: Moderation
     web: WebPages
+    membership: Membership
     bridge: RedisBridge | None = None
     # One worker of several (RELAY_WORKERS): the bus to the others and the parent.
     workers: WorkerBus | None = None

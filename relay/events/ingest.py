@@ -59,6 +59,8 @@ class Ingest:
         self.after_removal: list[AfterRemoval] = []
         # The community's moderation (NIP-86 bans and allow-list): a refusal or None.
         self.moderation: Callable[[int, Event], str | None] | None = None
+        # Who may write in the community (members-only ones, NIP-43): a refusal or None.
+        self.access: Callable[[int, Event, Collection[str]], str | None] | None = None
         self.verifier = BatchVerifier()
 
     def precheck(
@@ -72,8 +74,14 @@ class Ingest:
         """Every rule but the signature, cheapest first; the refusal reason or None."""
         validator = self.validators.get(event.kind)
         banned = self.moderation(community_id, event) if self.moderation and community_id else None
+        closed = (
+            self.access(community_id, event, authenticated)
+            if self.access and community_id
+            else None
+        )
         return (
             rules.check_shape_limits(event, len(raw.encode()), self.limits, now)
+            or closed
             or rules.check_publishable(event, authenticated)
             or banned
             or (validator(event) if validator else None)
@@ -87,7 +95,7 @@ class Ingest:
         refusal = refusal or await self.verifier.check(event)
         if refusal is not None:
             return Verdict(False, refusal)
-        if storage_class(event.kind) is Storage.EPHEMERAL:
+        if storage_class(event.kind) is Storage.EPHEMERAL and event.kind not in self.side_effects:
             self.fanout.publish(community_id, event, raw)
             return Verdict(True, "")
         try:

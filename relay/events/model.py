@@ -140,6 +140,13 @@ def verify_signature(event: Event) -> bool:
         return False
 
 
+def next_created_at(now: float, previous: int | None) -> int:
+    """The created_at of the next version of a relay-signed replaceable or addressable
+    event: now, and strictly after the previous one (a tie would be settled by the lower
+    id, not by which is newer)."""
+    return max(int(now), (previous or 0) + 1)
+
+
 def sign_event(
     secret: PrivateKey,
     *,

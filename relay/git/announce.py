@@ -24,12 +24,12 @@ from coincurve import PrivateKey
 
 from relay.events import kinds
 from relay.events.ingest import ANSWERS
-from relay.events.model import Event
+from relay.events.model import Event, next_created_at
 from relay.events.side_effects import Compensation, Handled, Verdict
 from relay.git import grasp, model
 from relay.git.maintainers import Repos
 from relay.git.objectstore import GitObjects, StoreError, Won
-from relay.git.refstate import build_ref_state, next_created_at
+from relay.git.refstate import build_ref_state
 from relay.git.registry import (
     AlreadyOwned,
     QuotaExceeded,

@@ -17,12 +17,6 @@ PUBLISHED_PREFIXES = ("refs/heads/", "refs/tags/")
 PEELED_SUFFIX = "^{}"
 
 
-def next_created_at(now: float, previous: int | None) -> int:
-    """The created_at of the next relay-signed 30618 of a repo: now, and strictly after the
-    previous one (a tie would be settled by the lower id, not by which is newer)."""
-    return max(int(now), (previous or 0) + 1)
-
-
 def state_tags(repo_id: str, head: str, refs: dict[str, str]) -> list[list[str]]:
     """`d`, every safe `refs/heads/*` and `refs/tags/*` ref, and `HEAD`: what a relay-signed
     30618 says of a manifest (its `p` tag names who caused it, not the state)."""

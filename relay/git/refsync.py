@@ -21,10 +21,10 @@ import trio
 from coincurve import PrivateKey
 
 from relay.events import kinds
-from relay.events.model import Event, parse_event
+from relay.events.model import Event, next_created_at, parse_event
 from relay.git import model
 from relay.git.objectstore import GitObjects, StoreError
-from relay.git.refstate import build_ref_state, next_created_at, states_agree
+from relay.git.refstate import build_ref_state, states_agree
 from relay.git.registry import RepoRegistry
 from relay.keys import pubkey_hex
 from relay.protocol.filters import Filter

@@ -52,6 +52,7 @@ from relay.http import (
     send_chunked,
     spool_decoded_body,
 )
+from relay.protocol.access import NOT_A_MEMBER, PUBLIC_ACCESS, Access
 
 if TYPE_CHECKING:
     from collections import Counter
@@ -94,6 +95,8 @@ class GitService:
     auth_window: int
     hosts_of: Callable[[int], Awaitable[frozenset[str]]]  # a community's host names
     cache: PackCache | None = None
+    # Who may use a community (members-only ones: NIP-98 of a member for every request).
+    access_of: Callable[[int], Access] = lambda _community_id: PUBLIC_ACCESS
     receiver: Receiver = field(init=False)
 
     def __post_init__(self) -> None:
@@ -132,7 +135,11 @@ class GitService:
         """Serve one git request; returns the HTTP status sent."""
         try:
             route = parse_route(request.method, request.path, request.query)
-            pusher = self._authenticate(request, route, host, await self.hosts_of(community_id))
+            access = self.access_of(community_id)
+            names = await self.hosts_of(community_id)
+            pusher = self._authenticate(request, route, host, names, access.members_only)
+            if access.members_only and pusher not in access.members:
+                raise HttpError(403, NOT_A_MEMBER)
             repo = await self._repo(community_id, route)
             if not self.public_read and pusher not in repo.maintainers:
                 # Private reads are the maintainers' (a push advertisement lists the refs
@@ -156,13 +163,19 @@ class GitService:
         return refusal.status
 
     def _authenticate(
-        self, request: Request, route: GitRoute, host: str, names: frozenset[str]
+        self,
+        request: Request,
+        route: GitRoute,
+        host: str,
+        names: frozenset[str],
+        required: bool = False,
     ) -> str | None:
         """The NIP-98 key of the request, or None where none is needed: reads of public
         repositories, and pushes sent without Authorization (authorized by signed state,
-        as GRASP-01 clients push). A token that is sent must be valid."""
+        as GRASP-01 clients push), unless `required` (a members-only community: every
+        request). A token that is sent must be valid."""
         authorization = request.header("authorization")
-        if not authorization and (self.public_read or route.is_push):
+        if not authorization and not required and (self.public_read or route.is_push):
             return None
         scheme = "https" if self.https else "http"
         try:

@@ -31,7 +31,7 @@ from relay.metrics import labelled
 from relay.protocol.hosts import normalize_host
 from relay.server.clientaddr import ClientAddress, resolve_client
 from relay.server.management import is_management
-from relay.server.nip11 import information_document
+from relay.server.nip11 import information_document, members_only
 from relay.server.ratelimit import rate_limited
 from relay.server.upgrade import check_upgrade
 from relay.server.websocket import ClientConnection
@@ -200,6 +200,8 @@ def nip11(relay: Relay, community_id: int) -> dict[str, Any]:
     doc = information_document(relay.settings, relay.pubkey)
     doc.update(relay.settings.rate.nip11())
     doc.update(relay.moderation.info(community_id))
+    if relay.moderation.access(community_id).members_only:
+        members_only(doc)
     return doc
 
 

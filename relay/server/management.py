@@ -23,7 +23,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -33,8 +33,12 @@ from trio_asyncio import aio_as_trio
 from relay.events.model import Event, InvalidEvent, parse_event
 from relay.git import nip98
 from relay.http import Request, read_decoded_body, respond
+from relay.protocol.access import ACCESS_MODES, PUBLIC_ACCESS, Access
 from relay.pubsub.redis_bridge import REDIS_ERRORS
 from relay.store.moderation import ALLOWED, BANNED, ModerationRows, ModerationStore
+
+if TYPE_CHECKING:
+    from relay.server.membership import Membership
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,7 @@ METHODS = (
     "blockip",
     "unblockip",
     "listblockedips",
+    "changerelayaccess",
 )
 
 
@@ -176,6 +181,8 @@ class ModerationState:
     banned_events: dict[int, dict[str, str]] = field(default_factory=dict)
     blocked_ips: dict[int, dict[str, str]] = field(default_factory=dict)
     info: dict[int, dict[str, str]] = field(default_factory=dict)
+    # Members-only communities (NIP-43): their mode and members; absent is public.
+    access: dict[int, Access] = field(default_factory=dict)
 
     @classmethod
     def of(cls, rows: ModerationRows) -> ModerationState:
@@ -189,7 +196,15 @@ class ModerationState:
             state.blocked_ips.setdefault(community_id, {})[ip] = reason
         for community_id, name, value in rows.info:
             state.info.setdefault(community_id, {})[name] = value
+        members: dict[int, set[str]] = {}
+        for community_id, pubkey in rows.members:
+            members.setdefault(community_id, set()).add(pubkey)
+        for community_id, mode in rows.access:
+            state.access[community_id] = Access(mode, frozenset(members.get(community_id, ())))
         return state
+
+    def access_of(self, community_id: int) -> Access:
+        return self.access.get(community_id, PUBLIC_ACCESS)
 
     def refusal(self, community_id: int, event: Event) -> str | None:
         """Why the community refuses `event` (a banned author or event, or an author not on
@@ -245,6 +260,10 @@ class Moderation:
         )
         self._reload_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
+        # Members-only communities' changes (relay.server.membership), set once it is built.
+        self.membership: Membership | None = None
+        # Called with a community whose access changed (mode or members), after a reload.
+        self.on_access_change: list[Callable[[int], None]] = []
 
     # -- the checks ingest and the listener make ------------------------------------------
 
@@ -254,6 +273,9 @@ class Moderation:
     def ip_blocked(self, community_id: int, ip: str) -> bool:
         return self.state.ip_blocked(community_id, ip)
 
+    def access(self, community_id: int) -> Access:
+        return self.state.access_of(community_id)
+
     def info(self, community_id: int) -> dict[str, str]:
         """The NIP-11 fields an admin changed for this community."""
         return dict(self.state.info.get(community_id, {}))
@@ -262,7 +284,13 @@ class Moderation:
 
     async def reload(self) -> None:
         async with self._reload_lock:
+            before = self.state.access
             self.state = ModerationState.of(await self.store.load())
+            after = self.state.access
+        for community_id in sorted(set(before) | set(after)):
+            if before.get(community_id) != after.get(community_id):
+                for listener in self.on_access_change:
+                    listener(community_id)
 
     async def run(self) -> None:
         """Keep this pod's copy current: through Redis when configured (plus a slow
@@ -375,10 +403,16 @@ class Moderation:
             return
         await answer(stream, 200, result=result)
 
-    async def call(self, community_id: int, call: Call) -> Any:
+    async def call(self, community_id: int, call: Call, *, members_checked: bool = False) -> Any:
         """Carry out one method for the community; its result (RpcError: its error)."""
         p, store, cid = call.params, self.store, community_id
         state = self.state
+        members_only = state.access_of(cid).members_only
+        if members_only and call.method in MEMBERSHIP_METHODS and not members_checked:
+            # In a members-only community the allowed pubkeys are its members.
+            if self.membership is None:
+                raise RpcError("membership changes need the relay's key (RELAY_SECRET_KEY)")
+            return await self._member_call(cid, call, self.membership)
         match call.method:
             case "supportedmethods":
                 return list(METHODS)
@@ -417,12 +451,39 @@ class Moderation:
                 return listing(state.banned_events.get(cid, {}), "id")
             case "listblockedips":
                 return listing(state.blocked_ips.get(cid, {}), "ip")
+            case "changerelayaccess":
+                mode = text(p, 0, "access: public or members", required=True)
+                if mode not in ACCESS_MODES:
+                    raise RpcError("params[0] must be public or members")
+                if self.membership is None:
+                    raise RpcError("membership changes need the relay's key (RELAY_SECRET_KEY)")
+                await self.membership.set_access(cid, mode)
             case _:
                 raise RpcError(f"unsupported method: {call.method}")
         await self.changed()
         return True
 
 
+    async def _member_call(self, cid: int, call: Call, membership: Membership) -> Any:
+        """allowpubkey, unallowpubkey, listallowedpubkeys and banpubkey in a members-only
+        community: membership changes (a ban also ends the membership)."""
+        p = call.params
+        match call.method:
+            case "allowpubkey":
+                await membership.add(cid, hex32(p, "public key"))
+            case "unallowpubkey":
+                await membership.remove(cid, hex32(p, "public key"))
+            case "listallowedpubkeys":
+                members = await membership.store.members(cid)
+                return [{"pubkey": m.pubkey, "reason": f"member ({m.via})"} for m in members]
+            case "banpubkey":
+                await membership.remove(cid, hex32(p, "public key"))
+                return await self.call(cid, call, members_checked=True)
+        return True
+
+
+# NIP-86 methods that change or list the members of a members-only community.
+MEMBERSHIP_METHODS = frozenset({"allowpubkey", "unallowpubkey", "listallowedpubkeys", "banpubkey"})
 CHALLENGE = ("WWW-Authenticate", 'Nostr realm="nip86", method="POST"')
 
 

@@ -29,6 +29,13 @@ REPO_ACCEPTANCE_CRITERIA = {
 SOFTWARE_URL = "https://github.com/relay-project/relay"
 
 
+def members_only(doc: dict[str, Any]) -> None:
+    """What a members-only community's document says besides: AUTH first, writes for
+    members only, NIP-43 (join with an invite, the relay's membership list)."""
+    doc["limitation"] = {**doc["limitation"], "auth_required": True, "restricted_writes": True}
+    doc["supported_nips"] = sorted({*doc["supported_nips"], 43})
+
+
 def information_document(settings: Settings, relay_pubkey: str) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "name": settings.name,

@@ -19,6 +19,7 @@ from relay.events.model import Event
 from relay.events.rules import check_auth_event
 from relay.events.side_effects import Verdict
 from relay.protocol import messages as msg
+from relay.protocol.access import AUTH_REQUIRED, NO_LONGER_A_MEMBER, asks_for_invite
 from relay.protocol.session import Session
 from relay.server import sync
 from relay.server.outbox import Outbox
@@ -204,12 +205,17 @@ class ClientConnection:
         # Anything else sees the effect of every EVENT this client sent before it.
         await self._events_settled()
         queries = msg.ClientReq | msg.ClientCount | msg.ClientNegOpen
-        if isinstance(parsed, queries) and not await self._allowed("req"):
-            limited = "rate-limited: slow down, too many requests"
+        refusal = None
+        if isinstance(parsed, queries):
+            refusal = self.access_refusal()
+            if refusal is None and not await self._allowed("req"):
+                refusal = "rate-limited: slow down, too many requests"
+        if refusal is not None:
+            assert isinstance(parsed, queries)
             if isinstance(parsed, msg.ClientNegOpen):
-                await out.put(msg.neg_err(parsed.sub_id, limited))
+                await out.put(msg.neg_err(parsed.sub_id, refusal))
             else:
-                await out.put(msg.closed(parsed.sub_id, limited))
+                await out.put(msg.closed(parsed.sub_id, refusal))
         elif isinstance(parsed, msg.ClientNegOpen):
             await out.put(
                 await sync.open_session(self.relay.store, self.community_id, self.session, parsed)
@@ -237,6 +243,26 @@ class ClientConnection:
             self._close_subscription(parsed.sub_id)
         elif isinstance(parsed, msg.ClientAuth):
             await self._authenticate(parsed.event)
+
+    def access_refusal(self) -> str | None:
+        """Why this connection may not read or write its community now (a members-only
+        one: not authenticated, or not as a member), or None."""
+        access = self.relay.moderation.access(self.community_id)
+        return access.refusal(self.session.authenticated)
+
+    def access_changed(self) -> None:
+        """The community's members or mode changed (on any pod): a connection that may no
+        longer read loses its subscriptions and negentropy sessions at once, each closed
+        with the reason."""
+        if self.access_refusal() is None:
+            return
+        reason = NO_LONGER_A_MEMBER if self.session.authenticated else AUTH_REQUIRED
+        for sub_id in list(self.session.subscriptions):
+            self._close_subscription(sub_id)
+            self.outbox.offer(msg.closed(sub_id, reason))
+        for sub_id in list(self.session.negentropy or {}):
+            self.session.neg_close(sub_id)
+            self.outbox.offer(msg.neg_err(sub_id, reason))
 
     async def _admit(self, event: Event) -> None:
         while self._in_flight >= PIPELINED_EVENTS:
@@ -323,10 +349,28 @@ class ClientConnection:
             return
         for _, raw in stored:
             await self.outbox.put(msg.event_frame(req.sub_id, raw))
+        invite = await self._invite_for(req)
+        if invite is not None:
+            await self.outbox.put(msg.event_frame(req.sub_id, invite.to_json()))
         await self.outbox.put(msg.eose(req.sub_id))
         sent = {event_id for event_id, _ in stored}
         for raw in self.session.go_live(req.sub_id, sent):
             await self.outbox.put(msg.event_frame(req.sub_id, raw))
+
+    async def _invite_for(self, req: msg.ClientReq) -> Event | None:
+        """NIP-43: a member's REQ for kind 28935 in a members-only community gets a fresh
+        invite signed by the relay (not stored)."""
+        access = self.relay.moderation.access(self.community_id)
+        if not access.members_only or not asks_for_invite(req.filters, self.relay.pubkey):
+            return None
+        member = next((k for k in sorted(self.session.authenticated) if k in access.members), None)
+        if member is None:
+            return None
+        try:
+            return await self.relay.membership.member_invite(self.community_id, member)
+        except DatabaseError as exc:
+            log.error("making an invite failed: %s", exc)
+            return None
 
     def _close_subscription(self, sub_id: str) -> None:
         self.session.close(sub_id)

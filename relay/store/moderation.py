@@ -23,6 +23,8 @@ class ModerationRows:
     events: tuple[tuple[int, str, str], ...] = ()  # community, event id, reason
     ips: tuple[tuple[int, str, str], ...] = ()  # community, address, reason
     info: tuple[tuple[int, str, str], ...] = ()  # community, field, value
+    access: tuple[tuple[int, str], ...] = ()  # community, mode (sql/0008_membership.sql)
+    members: tuple[tuple[int, str], ...] = ()  # community, pubkey
 
 
 async def _load(conn: Connection) -> ModerationRows:
@@ -33,11 +35,15 @@ async def _load(conn: Connection) -> ModerationRows:
         events = await conn.fetch("SELECT community_id, event_id, reason FROM moderation_events")
         ips = await conn.fetch("SELECT community_id, ip, reason FROM moderation_ips")
         info = await conn.fetch("SELECT community_id, field, value FROM community_info")
+        access = await conn.fetch("SELECT community_id, access FROM community_access")
+        members = await conn.fetch("SELECT community_id, pubkey FROM community_members")
     return ModerationRows(
         pubkeys=tuple((r[0], r[1], r[2], r[3]) for r in pubkeys),
         events=tuple((r[0], r[1], r[2]) for r in events),
         ips=tuple((r[0], r[1], r[2]) for r in ips),
         info=tuple((r[0], r[1], r[2]) for r in info),
+        access=tuple((r[0], r[1]) for r in access),
+        members=tuple((r[0], r[1]) for r in members),
     )
 
 

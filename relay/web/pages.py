@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -31,6 +32,7 @@ from relay.git.objectstore import StoreError
 from relay.git.smart_http import RETRY_AFTER_SECONDS
 from relay.git.workspace import GitFailed, RepoNotFound, ResourceLimit, hydrate_into, scratch_dir
 from relay.http import HttpError, Request, respond
+from relay.protocol.access import PUBLIC_ACCESS, Access
 from relay.protocol.bech32 import hex_to_note, hex_to_npub
 from relay.protocol.hosts import normalize_host
 from relay.web.gitview import GitView, read_view
@@ -106,6 +108,8 @@ class WebPages:
     relay_pubkey: str
     https: bool
     public_read: bool
+    # Members-only communities (NIP-43) show their pages to nobody: a browser cannot AUTH.
+    access_of: Callable[[int], Access] = lambda _community_id: PUBLIC_ACCESS
 
     async def handle(
         self,
@@ -155,7 +159,8 @@ class WebPages:
     ) -> str:
         listed: list[dict[str, Any]] = []
         total = 0
-        if self.public_read:
+        members_only = self.access_of(community_id).members_only
+        if self.public_read and not members_only:
             offset = (page.page - 1) * REPOS_PER_PAGE
             rows, total = await self.registry.listing(
                 community_id, self.relay_pubkey, offset, REPOS_PER_PAGE
@@ -183,6 +188,7 @@ class WebPages:
             page=page.page,
             pages=pages,
             public_read=self.public_read,
+            members_only=members_only,
         )
 
     # -- a repository's page ----------------------------------------------------------------
@@ -191,7 +197,7 @@ class WebPages:
         self, request: Request, page: RepoPage, community_id: int, base: dict[str, Any]
     ) -> tuple[int, str]:
         """(status, page); an empty page for a repository not hosted here (or private)."""
-        if not self.public_read:
+        if not self.public_read or self.access_of(community_id).members_only:
             return 404, ""
         repo = await self.git.repos.hosted(community_id, page.repo_id)
         if repo is None or page.owner not in repo.maintainers:

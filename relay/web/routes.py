@@ -86,11 +86,9 @@ def repo_page(path: str) -> RepoPage | NotFound | None:
     `/git/<hex>/<repo>[.git]`, either with a trailing slash); NotFound for such a URL whose
     owner or name is unusable; None for any other path."""
     segments = [unquote(s) for s in path.rstrip("/").split("/")]
-    if len(segments) != 3 and not (len(segments) == 4 and segments[1] == "git"):
-        return None
-    if segments[1] == "git":
+    if len(segments) == 4 and segments[1] == "git":
         owner, name = segments[2], segments[3]
-    elif segments[1].startswith("npub1") and segments[2].endswith(".git"):
+    elif len(segments) == 3 and segments[1].startswith("npub1") and segments[2].endswith(".git"):
         owner, name = npub_to_hex(segments[1]) or "", segments[2]
     else:
         return None

@@ -5,7 +5,6 @@ method, its effects on ingest (websocket), on NIP-11 and on client addresses, ac
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import time
 from ipaddress import ip_network
@@ -17,70 +16,20 @@ import pytest
 import trio
 from coincurve import PrivateKey
 
-from relay.events import kinds
-from relay.events.model import sign_event
 from relay.keys import pubkey_hex
 from tests.helpers import (
     community_of,
     connect,
     http_get,
-    http_request,
     make_event,
     new_key,
     relay_process,
     sql,
 )
+from tests.nip86 import ADMIN, RPC, post, rpc, rpc_raw, token
 from tests.pods import new_secret, pod_env, unique_prefix
 from tests.redis_server import RedisServer
 from tests.services import free_port, start_relay
-
-RPC = "application/nostr+json+rpc"
-ADMIN = new_key()
-
-
-def token(key: PrivateKey, url: str, body: bytes, *, payload: str | None = None) -> str:
-    event = sign_event(
-        key,
-        kind=kinds.HTTP_AUTH,
-        tags=[
-            ["u", url],
-            ["method", "POST"],
-            ["payload", payload or hashlib.sha256(body).hexdigest()],
-        ],
-        created_at=int(time.time()),
-    )
-    return "Nostr " + base64.b64encode(event.to_json().encode()).decode()
-
-
-async def post(
-    port: int, body: bytes, host: str = "127.0.0.1", **headers: str
-) -> tuple[int, dict[str, str], bytes]:
-    return await http_request(port, "POST", "/", f"{host}:{port}", body, **headers)
-
-
-async def rpc_raw(
-    port: int,
-    method: str,
-    params: list[Any] | None = None,
-    *,
-    key: PrivateKey = ADMIN,
-    host: str = "127.0.0.1",
-    payload: str | None = None,
-    **headers: str,
-) -> tuple[int, dict[str, Any]]:
-    body = orjson.dumps({"method": method, "params": params or []})
-    auth = token(key, f"http://{host}:{port}/", body, payload=payload)
-    status, head, answer = await post(
-        port, body, host, Content_Type=RPC, Authorization=auth, **headers
-    )
-    assert head["content-type"] == "application/json"
-    return status, orjson.loads(answer)
-
-
-async def rpc(port: int, method: str, *params: Any, **kwargs: Any) -> Any:
-    status, answer = await rpc_raw(port, method, list(params), **kwargs)
-    assert status == 200 and answer["error"] is None, answer
-    return answer["result"]
 
 
 async def nip11(port: int, host: str = "127.0.0.1", **headers: str) -> tuple[int, bytes]:

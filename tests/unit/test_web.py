@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.events import kinds
 from relay.http import read_request
@@ -62,6 +64,13 @@ async def test_a_repository_url_is_its_page_and_gits_urls_stay_gits() -> None:
     for git in git_urls:
         assert await route_of(git) is None, git
         assert await route_of(git, Accept=HTML) is None, git
+    # Shorter or longer paths under /git/ are not repository pages.
+    for other in (f"/git/{OWNER}", f"/git/{OWNER}/", "/git/", f"/{NPUB}/demo.git/x/y"):
+        assert await route_of(other) is None, other  # git's answer (404), for anyone
+        assert await route_of(other, Accept=HTML) is None, other
+    for other in ("/git", f"/{NPUB}", f"/{NPUB}/demo"):
+        assert await route_of(other) is None, other
+        assert await route_of(other, Accept=HTML) == NotFound(), other
     # A repository URL whose owner or name is unusable is a missing page, not an error.
     assert await route_of(f"/git/{OWNER[:-1]}/demo", Accept=HTML) == NotFound()
     assert await route_of(f"/{NPUB}/..bad.git") == NotFound()
@@ -223,3 +232,16 @@ def test_bech32_encodes_npub_and_note() -> None:
     note = hex_to_note(key)
     assert note.startswith("note1") and decode_key("note", note) == key
     assert decode_key("npub", note) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.text(alphabet=st.sampled_from("abgitnpub1.%2fe0/:-_"), max_size=70), max_size=6),
+    st.sampled_from(["", HTML, "application/nostr+json", "*/*"]),
+)
+async def test_no_path_makes_the_router_fail(segments: list[str], accept: str) -> None:
+    """Whatever the path (segments of the characters the routes look at), the answer is a
+    page, NotFound or None: never an exception (which would close the connection unanswered)."""
+    path = "/" + "/".join(segments)
+    found = await route_of(path.replace(" ", ""), Accept=accept)
+    assert found is None or isinstance(found, (Home, RepoPage, Asset, NotFound))
