@@ -202,14 +202,44 @@ def checkout_relay(stack: contextlib.ExitStack, checkout: Checkout) -> str:
     )
 
 
-def measure(plan: Plan, urls: dict[str, str]) -> dict[str, Any]:
+# A relay's meter: counters read just before and just after each run (CPU seconds and the
+# like, by name); the run's report keeps their differences as "measured".  None if unknown.
+Meter = Callable[[], dict[str, float] | None]
+
+
+def listening_meter(url: str) -> Meter:
+    """(process, main thread) CPU seconds of the process listening on `url`'s port, found
+    now."""
+    pid = listening_pid(urlsplit(url).port or 0)
+
+    def read() -> dict[str, float] | None:
+        if pid is None:
+            return None
+        try:
+            return {"process": cpu_seconds(pid), "main_thread": cpu_seconds(pid, pid)}
+        except OSError:
+            return None
+
+    return read
+
+
+def measure(
+    plan: Plan,
+    urls: dict[str, str],
+    meters: dict[str, Meter] | None = None,
+    settle: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """`plan.runs` rounds of one fresh batch sent to every relay in turn (the order rotates
+    by one each round); each report gets the deltas of its relay's meter (by default, CPU
+    of the process listening, for our relays only: the peer's work is not all in the
+    listening process) from just before to just after the part ("measured").  With
+    `settle` (which waits until the machine is quiet), it is called before each part and
+    after it, and the report also gets the deltas up to then ("measured_settled": the
+    part's work including what it left behind after its last OK)."""
     names = list(urls)
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {name: {"ingest": []} for name in names}
-    # CPU is read for our relays only: the peer's work is not all in the listening process.
-    pids = {
-        name: None if name == PEER else listening_pid(urlsplit(url).port or 0)
-        for name, url in urls.items()
-    }
+    if meters is None:
+        meters = {name: listening_meter(url) for name, url in urls.items() if name != PEER}
     problems: list[str] = []
     for run in range(plan.runs):
         t0 = time.perf_counter()
@@ -221,10 +251,15 @@ def measure(plan: Plan, urls: dict[str, str]) -> dict[str, Any]:
             f"order {', '.join(order)} (signed in {time.perf_counter() - t0:.1f} s)"
         )
         for name in order:
-            pid = pids[name]
-            before = _cpu(pid)
+            meter = meters.get(name)
+            if settle:
+                settle()
+            before = meter() if meter else None
             report = ingest(urls[name], batch, plan.connections, plan.window, INGEST_TIMEOUT)
-            report["cpu_s"] = _cpu_used(before, _cpu(pid))
+            report["measured"] = _used(before, meter() if meter else None)
+            if settle:
+                settle()
+                report["measured_settled"] = _used(before, meter() if meter else None)
             raw[name]["ingest"].append(report)
             line = nl.publish_line(report)
             log(f"  {name}: {line}")
@@ -233,30 +268,23 @@ def measure(plan: Plan, urls: dict[str, str]) -> dict[str, Any]:
     return {"raw": raw, "problems": problems}
 
 
-def _cpu(pid: int | None) -> tuple[float, float] | None:
-    """(process, main thread) CPU seconds of the relay listening as `pid`, if it is known."""
-    if pid is None:
-        return None
-    try:
-        return cpu_seconds(pid), cpu_seconds(pid, pid)
-    except OSError:
-        return None
-
-
-def _cpu_used(
-    before: tuple[float, float] | None, after: tuple[float, float] | None
+def _used(
+    before: dict[str, float] | None, after: dict[str, float] | None
 ) -> dict[str, float] | None:
     if before is None or after is None:
         return None
-    return {"process": after[0] - before[0], "main_thread": after[1] - before[1]}
+    return {key: after[key] - before[key] for key in after.keys() & before.keys()}
 
 
-def _cpu_per_event(part: str) -> Callable[[dict[str, Any]], float | None]:
-    """Microseconds of CPU per accepted event, of the process or of its main thread."""
+def _cpu_per_event(part: str, key: str = "measured") -> Callable[[dict[str, Any]], float | None]:
+    """Microseconds per accepted event of one counter (CPU seconds) of the report's `key`."""
 
     def get(report: dict[str, Any]) -> float | None:
-        used, accepted = report.get("cpu_s"), report["accepted"]
-        return used[part] / accepted * 1e6 if used and accepted else None
+        used, accepted = report.get(key), report["accepted"]
+        if not used or part not in used or not accepted:
+            return None
+        per_event: float = used[part] / accepted * 1e6
+        return per_event
 
     return get
 
@@ -275,9 +303,17 @@ def table_rows(plan: Plan) -> list[Row]:
     ]
 
 
-def build_table(plan: Plan, raw: dict[str, dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+def build_table(
+    plan: Plan,
+    raw: dict[str, dict[str, Any]],
+    rows_of: Sequence[Row] | None = None,
+    ratios: Sequence[tuple[str, str]] | None = None,
+) -> tuple[str, list[dict[str, Any]]]:
+    """The Markdown table of `rows_of` (default: table_rows), a column per relay and one
+    per ratio of medians (a, b) (default: current / baseline and current / peer)."""
     names = list(raw)
-    ratios = [(CURRENT, other) for other in (BASELINE, PEER) if other in raw]
+    if ratios is None:
+        ratios = [(CURRENT, other) for other in (BASELINE, PEER) if other in raw]
     lines = [
         "| workload | "
         + " | ".join(f"{name}, median [range]" for name in names)
@@ -287,7 +323,7 @@ def build_table(plan: Plan, raw: dict[str, dict[str, Any]]) -> tuple[str, list[d
         "| --- |" + " ---: |" * (len(names) + len(ratios)),
     ]
     rows: list[dict[str, Any]] = []
-    for row in table_rows(plan):
+    for row in rows_of if rows_of is not None else table_rows(plan):
         values = {name: _values(raw[name], row) for name in names}
         medians = {name: statistics.median(v) if v else None for name, v in values.items()}
         quotients: dict[str, float | None] = {}

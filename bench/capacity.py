@@ -250,9 +250,12 @@ def our_relay(
             yield RelayProcess(process.pid, port, f"ws://127.0.0.1:{port}/", log_path, snapshot_dir)
 
 
-async def relay_gauges(port: int) -> dict[str, float]:
-    """relay_connections and relay_subscriptions from the relay's /metrics (loopback)."""
-    wanted = ("relay_connections", "relay_subscriptions")
+async def relay_gauges(
+    port: int, wanted: tuple[str, ...] = ("relay_connections", "relay_subscriptions")
+) -> dict[str, float]:
+    """The samples of the `wanted` metrics (default relay_connections and
+    relay_subscriptions) from the relay's /metrics (loopback), by name with their labels
+    if any (`relay_connections{worker="0"}` with RELAY_WORKERS)."""
     chunks: list[bytes] = []
     with trio.move_on_after(METRICS_TIMEOUT):
         try:
@@ -268,7 +271,7 @@ async def relay_gauges(port: int) -> dict[str, float]:
     gauges: dict[str, float] = {}
     for line in b"".join(chunks).decode(errors="replace").splitlines():
         name, _, value = line.partition(" ")
-        if name in wanted:
+        if name.partition("{")[0] in wanted:
             with contextlib.suppress(ValueError):
                 gauges[name] = float(value)
     return gauges

@@ -13,10 +13,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
+
+T = TypeVar("T")
 
 ADMIN_URL = os.environ.get("RELAY_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -30,15 +33,23 @@ class SetupError(Exception):
 
 def admin(sql: str, url: str = ADMIN_URL) -> None:
     """Run `sql` on the server's admin database (or the database `url` names)."""
+    _on_admin(url, lambda conn: conn.execute(sql, timeout=60))
 
-    async def run() -> None:
+
+def admin_row(sql: str, *args: object, url: str = ADMIN_URL) -> asyncpg.Record | None:
+    """The first row `sql` (with `args`) answers on the admin database (or `url`'s)."""
+    return _on_admin(url, lambda conn: conn.fetchrow(sql, *args, timeout=60))
+
+
+def _on_admin(url: str, call: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def run() -> T:
         conn = await asyncpg.connect(url, timeout=10)
         try:
-            await conn.execute(sql, timeout=60)
+            return await call(conn)
         finally:
             await conn.close()
 
-    asyncio.run(run())
+    return asyncio.run(run())
 
 
 @contextlib.contextmanager

@@ -16,11 +16,13 @@ import secrets
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 import trio
+import trio_websocket
 from coincurve import PrivateKey
 
 from bench import nostr_load as nl
@@ -30,39 +32,60 @@ from bench.compare import our_relay
 RECEIVE_TIMEOUT = 10.0
 
 
+async def subscribe_all(sub: trio_websocket.WebSocketConnection) -> None:
+    """Hold `{"kinds":[1]}` on `sub`, from its EOSE on."""
+    await sub.send_message(orjson.dumps(["REQ", "x", {"kinds": [1], "limit": 0}]).decode())
+    with trio.fail_after(RECEIVE_TIMEOUT):
+        while orjson.loads(await sub.get_message())[0] != "EOSE":
+            pass
+
+
+async def timed_deliveries(
+    pub: trio_websocket.WebSocketConnection,
+    sub: trio_websocket.WebSocketConnection,
+    prepared: Sequence[nl.PreparedEvent],
+) -> list[float]:
+    """Publish each event on `pub` in turn (one in flight); ms from its send to its arrival
+    on `sub` (which holds subscribe_all's subscription), in order."""
+    latencies: list[float] = []
+    for item in prepared:
+        started = time.perf_counter()
+        await pub.send_message(item.message)
+        with trio.fail_after(RECEIVE_TIMEOUT):
+            while True:
+                frame = orjson.loads(await sub.get_message())
+                if frame[0] == "EVENT" and frame[2]["id"] == item.id:
+                    break
+        latencies.append((time.perf_counter() - started) * 1000)
+        with trio.fail_after(RECEIVE_TIMEOUT):
+            while orjson.loads(await pub.get_message())[0] != "OK":
+                pass
+    return latencies
+
+
+def summary(latencies: list[float]) -> dict[str, Any]:
+    """Count, p50, p99 and max of latencies in ms."""
+    ordered = sorted(latencies)
+    return {
+        "events": len(ordered),
+        "p50_ms": nl.percentile(ordered, 50),
+        "p99_ms": nl.percentile(ordered, 99),
+        "max_ms": ordered[-1] if ordered else None,
+    }
+
+
 async def measure(url_a: str, url_b: str, events: int) -> dict[str, Any]:
     target_a, target_b = nl.resolve_target(url_a), nl.resolve_target(url_b)
     prepared = nl.build_ingest_events(events, 4)
-    latencies: list[float] = []
     async with trio.open_nursery() as nursery:
         pub = await nl.open_connection(nursery, target_a)
         sub = await nl.open_connection(nursery, target_b)
-        await sub.send_message(orjson.dumps(["REQ", "x", {"kinds": [1], "limit": 0}]).decode())
-        with trio.fail_after(RECEIVE_TIMEOUT):
-            while orjson.loads(await sub.get_message())[0] != "EOSE":
-                pass
-        for item in prepared:
-            started = time.perf_counter()
-            await pub.send_message(item.message)
-            with trio.fail_after(RECEIVE_TIMEOUT):
-                while True:
-                    frame = orjson.loads(await sub.get_message())
-                    if frame[0] == "EVENT" and frame[2]["id"] == item.id:
-                        break
-            latencies.append((time.perf_counter() - started) * 1000)
-            with trio.fail_after(RECEIVE_TIMEOUT):
-                while orjson.loads(await pub.get_message())[0] != "OK":
-                    pass
+        await subscribe_all(sub)
+        latencies = await timed_deliveries(pub, sub, prepared)
         await nl.close_quietly(pub)
         await nl.close_quietly(sub)
         nursery.cancel_scope.cancel()
-    latencies.sort()
-    return {
-        "events": len(latencies),
-        "p50_ms": nl.percentile(latencies, 50),
-        "p99_ms": nl.percentile(latencies, 99),
-        "max_ms": latencies[-1] if latencies else None,
-    }
+    return summary(latencies)
 
 
 def main(argv: list[str] | None = None) -> int:

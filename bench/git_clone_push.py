@@ -762,6 +762,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Push and clone a generated repository through the relay and through "
         "git http-backend (loopback only).",
     )
+    add_repository_options(parser)
+    parser.add_argument(
+        "--runs", type=bounded(1, MAX_RUNS), default=DEFAULT_RUNS,
+        help=f"measured runs; medians are reported (default {DEFAULT_RUNS})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--json", action="store_true",
+        help="print a JSON object on stdout (progress and the summary go to stderr)",
+    )  # fmt: skip
+    return parser
+
+
+def add_repository_options(parser: argparse.ArgumentParser) -> None:
+    """--commits and --files of the generated repository, and --timeout of git commands."""
     parser.add_argument(
         "--commits", type=bounded(2, MAX_COMMITS), default=DEFAULT_COMMITS,
         help=f"commits in the generated repository (default {DEFAULT_COMMITS})",
@@ -771,18 +785,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"files in the generated repository (default {DEFAULT_FILES})",
     )  # fmt: skip
     parser.add_argument(
-        "--runs", type=bounded(1, MAX_RUNS), default=DEFAULT_RUNS,
-        help=f"measured runs; medians are reported (default {DEFAULT_RUNS})",
-    )  # fmt: skip
-    parser.add_argument(
         "--timeout", type=positive_float, default=DEFAULT_TIMEOUT,
         help=f"time limit of each git command in seconds (default {DEFAULT_TIMEOUT:.0f})",
     )  # fmt: skip
-    parser.add_argument(
-        "--json", action="store_true",
-        help="print a JSON object on stdout (progress and the summary go to stderr)",
-    )  # fmt: skip
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:

@@ -77,20 +77,14 @@ from bench.common import (
     cpu_seconds,
     fresh_database,
     listening_pid,
-    positive_float,
 )
 from bench.git_clone_push import (
     BASE_TIME,
-    DEFAULT_COMMITS,
-    DEFAULT_FILES,
-    DEFAULT_TIMEOUT,
-    EDITS_PER_COMMIT,
-    MAX_COMMITS,
-    MAX_FILES,
     BenchError,
     GitClient,
     RelayProcess,
     SourceRepo,
+    add_repository_options,
     announce,
     announcement,
     generate_repo,
@@ -425,14 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench.web_pages",
         description="Latency of the repository page and the relay page (loopback only).",
     )
-    parser.add_argument(
-        "--commits", type=bounded(2, MAX_COMMITS), default=DEFAULT_COMMITS,
-        help=f"commits in the generated repository (default {DEFAULT_COMMITS})",
-    )  # fmt: skip
-    parser.add_argument(
-        "--files", type=bounded(EDITS_PER_COMMIT, MAX_FILES), default=DEFAULT_FILES,
-        help=f"files in the generated repository (default {DEFAULT_FILES})",
-    )  # fmt: skip
+    add_repository_options(parser)
     parser.add_argument(
         "--runs", type=bounded(1, MAX_RUNS), default=DEFAULT_RUNS,
         help=f"views per row (default {DEFAULT_RUNS})",
@@ -440,10 +427,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--repos", type=bounded(0, MAX_REPOS), default=DEFAULT_REPOS,
         help=f"repositories announced for the second relay page row (default {DEFAULT_REPOS})",
-    )  # fmt: skip
-    parser.add_argument(
-        "--timeout", type=positive_float, default=DEFAULT_TIMEOUT,
-        help=f"time limit of each git command in seconds (default {DEFAULT_TIMEOUT:.0f})",
     )  # fmt: skip
     parser.add_argument(
         "--json", action="store_true",

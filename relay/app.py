@@ -163,7 +163,7 @@ async def open_relay(settings: Settings, role: WorkerRole | None = None) -> Asyn
         if role is not None:
             workers = WorkerBus(
                 role.bus_path, role.index, deliver=fanout.deliver_local,
-                expose=metrics.render, carry_events=bridge is None,
+                expose=metrics.render, carry_events=bridge is None, listening=fanout.listening,
             )  # fmt: skip
             if bridge is None:
                 fanout.remote = workers
@@ -236,6 +236,9 @@ async def open_relay(settings: Settings, role: WorkerRole | None = None) -> Asyn
             membership=membership,
         )
         moderation.on_access_change.append(partial(access_changed, relay))
+        if workers is not None:  # a worker whose parent is gone drains and exits
+            # (late bound: `serve` may hand the relay its own shutdown event)
+            workers.on_lost = lambda: relay.shutdown.set()
         try:
             yield relay
         finally:

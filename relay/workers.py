@@ -76,8 +76,13 @@ class Supervisor:
             )
             self.processes[index] = process
             log.info("worker %d started (pid %d)", index, process.pid)
-            with trio.CancelScope(shield=True):
+            try:
                 status = await process.wait()
+            finally:
+                if process.returncode is None:  # the parent is leaving in a hurry
+                    process.kill()
+                    with trio.CancelScope(shield=True):
+                        await process.wait()
             if self.stopping:
                 log.info("worker %d stopped (%s)", index, _describe(status))
                 return

@@ -211,19 +211,13 @@ def _describe(details: Json) -> str:
     return str(exception.get("description") or details.get("text", "unknown exception"))
 
 
-@asynccontextmanager
-async def open_browser(
-    profile: Path, *, width: int = 1280, height: int = 900
-) -> AsyncIterator[Browser]:
-    """Run headless Chromium with `profile` as its user data dir and yield its page."""
+def headless_chromium(profile: Path) -> list[str]:
+    """Debian's chromium, headless, with a throwaway profile, nothing of its own on the
+    network, and no name resolved but 127.0.0.1: every page the tests load is on loopback."""
     executable = shutil.which("chromium")
     if executable is None:
         pytest.fail("chromium is not installed: run scripts/test, which installs it")
-    profile.mkdir(parents=True, exist_ok=True)
-    port_file = profile / "DevToolsActivePort"
-    port_file.unlink(missing_ok=True)
-    log_path = profile / "chromium.log"
-    args = [
+    return [
         executable,
         "--headless=new",
         "--no-sandbox",
@@ -235,12 +229,26 @@ async def open_browser(
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    ]
+
+
+@asynccontextmanager
+async def open_browser(
+    profile: Path, *, width: int = 1280, height: int = 900
+) -> AsyncIterator[Browser]:
+    """Run headless Chromium with `profile` as its user data dir and yield its page."""
+    args = [
+        *headless_chromium(profile),
         "--remote-debugging-port=0",
         "--remote-allow-origins=*",
         f"--window-size={width},{height}",
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
         "about:blank",
     ]
+    profile.mkdir(parents=True, exist_ok=True)
+    port_file = profile / "DevToolsActivePort"
+    port_file.unlink(missing_ok=True)
+    log_path = profile / "chromium.log"
     with log_path.open("wb") as log:
         # A session of its own, so the whole process group (renderers, zygotes) can be ended.
         process = await trio.lowlevel.open_process(

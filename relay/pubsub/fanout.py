@@ -79,6 +79,10 @@ class Fanout:
         if self.remote is not None:
             self.remote.send(community_id, raw)
 
+    def listening(self, community_id: int) -> bool:
+        """Whether any open subscription here could match an event of the community."""
+        return community_id in self._index
+
     def deliver_local(self, community_id: int, event: Event, raw: str) -> None:
         index = self._index.get(community_id)
         if index is None:

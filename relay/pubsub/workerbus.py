@@ -50,31 +50,46 @@ def frame(kind: bytes, payload: bytes) -> bytes:
 
 
 class FrameReader:
-    """Frames off a stream, one at a time."""
+    """Frames off a stream: the next one (waiting for it), or those already read whole."""
 
     def __init__(self, stream: trio.abc.ReceiveStream) -> None:
         self.stream = stream
         self.buffer = bytearray()
+        self.start = 0  # where the first unread frame begins
 
-    async def _fill(self, size: int) -> bool:
-        while len(self.buffer) < size:
-            chunk = await self.stream.receive_some(256 * 1024)
-            if not chunk:
-                return False
-            self.buffer += chunk
-        return True
-
-    async def next(self) -> tuple[bytes, bytes] | None:
-        if not await self._fill(_LENGTH.size):
+    def _complete(self) -> tuple[bytes, bytes] | None:
+        """The next frame if the buffer holds all of it."""
+        buffer, start = self.buffer, self.start
+        if len(buffer) - start < _LENGTH.size:
             return None
-        (length,) = _LENGTH.unpack_from(self.buffer)
+        (length,) = _LENGTH.unpack_from(buffer, start)
         if not 1 <= length <= MAX_FRAME_BYTES:
             raise ValueError(f"bad frame length {length}")
-        if not await self._fill(_LENGTH.size + length):
+        end = start + _LENGTH.size + length
+        if len(buffer) < end:
             return None
-        body = bytes(self.buffer[_LENGTH.size : _LENGTH.size + length])
-        del self.buffer[: _LENGTH.size + length]
+        self.start = end
+        body = bytes(buffer[start + _LENGTH.size : end])
         return body[:1], body[1:]
+
+    def buffered(self) -> list[tuple[bytes, bytes]]:
+        """Every frame already read whole, without waiting."""
+        frames = []
+        while (found := self._complete()) is not None:
+            frames.append(found)
+        return frames
+
+    async def next(self) -> tuple[bytes, bytes] | None:
+        """The next frame; None at the end of the stream."""
+        while (found := self._complete()) is None:
+            if self.start:
+                del self.buffer[: self.start]
+                self.start = 0
+            chunk = await self.stream.receive_some(256 * 1024)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        return found
 
 
 class _Peer:
@@ -127,22 +142,30 @@ class Hub:
                 peer = _Peer(int(hello[1]), stream)
                 self.peers[peer.index] = peer
                 while (message := await reader.next()) is not None:
-                    await self._on_frame(peer, *message)
+                    # Everything read whole so far at once: the events go on to each other
+                    # worker in one write, whatever their number.
+                    batch = [message, *reader.buffered()]
+                    events = [frame(EVENT, p) for kind, p in batch if kind == EVENT]
+                    if events and self.carry_events:
+                        await self._forward(peer, b"".join(events), len(events))
+                    for kind, payload in batch:
+                        if kind != EVENT:
+                            await self._on_frame(peer, kind, payload)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError) as exc:
             log.debug("worker bus stream ended: %s", exc)
         finally:
             if peer is not None and self.peers.get(peer.index) is peer:
                 del self.peers[peer.index]
 
+    async def _forward(self, origin: _Peer, data: bytes, count: int) -> None:
+        for other in list(self.peers.values()):
+            if other is not origin:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await other.send(data)
+                    self.forwarded += count
+
     async def _on_frame(self, peer: _Peer, kind: bytes, payload: bytes) -> None:
-        if kind == EVENT and self.carry_events:
-            data = frame(EVENT, payload)
-            for other in list(self.peers.values()):
-                if other is not peer:
-                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                        await other.send(data)
-                        self.forwarded += 1
-        elif kind == RATE:
+        if kind == RATE:
             request_id, action, who = payload.decode().split(" ", 2)
             rate = self.limits.rate_of(action)
             allowed = self.buckets.take(action, who, rate)
@@ -192,6 +215,11 @@ class WorkerBus:
     deliver: Callable[[int, Event, str], None]
     expose: Callable[[], bytes]  # this worker's own metrics exposition
     carry_events: bool
+    # Whether this worker has any subscription in a community (Fanout.listening): events of
+    # a community it has none in are dropped unread.
+    listening: Callable[[int], bool] = lambda _community_id: True
+    # Called when the bus to the parent is lost: the parent is gone, so is the relay.
+    on_lost: Callable[[], None] = lambda: None
     sent: int = 0
     received: int = 0
     dropped: int = 0
@@ -269,13 +297,14 @@ class WorkerBus:
                     nursery.start_soon(self._send_forever, stream)
                     await self._receive_forever(stream)
                     nursery.cancel_scope.cancel()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError) as exc:
-                log.warning("worker bus lost: %s", exc)
             finally:
                 self.connected = False
                 self._stream = None
+        log.warning("worker %d lost its parent's bus: shutting down", self.index)
+        self.on_lost()
 
     async def _send_forever(self, stream: trio.SocketStream) -> None:
+        """Send queued events until the stream breaks (the receiving side then ends too)."""
         while True:
             batch = [await self._receive.receive()]
             while len(batch) < 500:
@@ -283,11 +312,23 @@ class WorkerBus:
                     batch.append(self._receive.receive_nowait())
                 except trio.WouldBlock:
                     break
-            async with self._lock:
-                await stream.send_all(b"".join(batch))
+            try:
+                async with self._lock:
+                    await stream.send_all(b"".join(batch))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self.dropped += len(batch)
+                log.warning("worker bus lost while sending: %s", exc)
+                return
             self.sent += len(batch)
 
     async def _receive_forever(self, stream: trio.SocketStream) -> None:
+        """Take the hub's frames until it closes the stream, or the stream breaks."""
+        try:
+            await self._receive_frames(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError) as exc:
+            log.warning("worker bus lost: %s", exc)
+
+    async def _receive_frames(self, stream: trio.SocketStream) -> None:
         reader = FrameReader(stream)
         while (message := await reader.next()) is not None:
             kind, payload = message
@@ -304,12 +345,15 @@ class WorkerBus:
                     await stream.send_all(frame(EXPOSITION, payload + b" " + self.expose()))
 
     def _on_event(self, payload: bytes) -> None:
-        community, _, raw = payload.decode("utf-8", "replace").partition(" ")
+        community, _, rest = payload.partition(b" ")
         try:
-            event = parse_event(orjson.loads(raw))
             community_id = int(community)
+            self.received += 1
+            if not self.listening(community_id):
+                return
+            raw = rest.decode()
+            event = parse_event(orjson.loads(raw))
         except (ValueError, InvalidEvent, orjson.JSONDecodeError):
             log.warning("ignoring a malformed event on the worker bus")
             return
-        self.received += 1
         self.deliver(community_id, event, raw)

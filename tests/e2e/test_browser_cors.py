@@ -10,7 +10,6 @@ import gzip
 import hashlib
 import html
 import re
-import shutil
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from relay.git import pktline
 from relay.git.nip98 import make_token
 from relay.git.push import Conflict
 from relay.protocol.bech32 import hex_to_npub
+from tests.browser import headless_chromium
 from tests.git.gitclient import Git, announce
 from tests.git.hosting import HOST, Hosted, Response, hosted_relay, raw_request
 from tests.helpers import RelayUnderTest, new_key
@@ -307,27 +307,7 @@ async def serve_page(nursery: trio.Nursery, page: bytes) -> int:
 
 
 def chromium_command(profile: Path, url: str) -> list[str]:
-    binary = shutil.which("chromium")
-    if binary is None:
-        pytest.fail("chromium is not installed: run scripts/test, which installs it")
-    return [
-        binary,
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={profile}",
-        "--no-first-run",
-        "--no-default-browser-check",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        # Nothing beyond loopback: every other name fails to resolve.
-        f"--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE {HOST}",
-        "--virtual-time-budget=15000",
-        "--dump-dom",
-        url,
-    ]
+    return [*headless_chromium(profile), "--virtual-time-budget=15000", "--dump-dom", url]
 
 
 async def run_page(tmp_path: Path, url: str) -> dict[str, Any]:

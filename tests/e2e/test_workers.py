@@ -242,3 +242,26 @@ async def test_without_so_reuseport_the_workers_share_the_parents_socket(
     shutdown.set()
     with trio.fail_after(40):
         await stopped.wait()
+
+
+async def test_workers_leave_when_their_parent_is_killed(db_url: str, tmp_path: Path) -> None:
+    """SIGKILL to the parent (no graceful stop): each worker loses the bus, drains and exits,
+    so no orphan keeps the port."""
+    port = free_port()
+    log = tmp_path / "relay.log"
+    async with relay_process(worker_env(db_url, tmp_path), port, log) as parent:
+        await every_worker_ready(port)
+        workers = children(parent.pid)
+        parent.kill()
+        await parent.wait()
+        with trio.fail_after(30):
+            while any(Path(f"/proc/{pid}").exists() and not _zombie(pid) for pid in workers):
+                await trio.sleep(0.1)
+    assert "lost its parent's bus: shutting down" in log.read_text()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
