@@ -392,7 +392,9 @@ async def serve(
                 communities = list((await relay.communities.names()).values())
                 bound = f"{settings.bind}:{port}"
                 if role is None or role.index == 0:
-                    for line in startup_lines(settings, bound, communities, relay.pubkey):
+                    count = 1 if role is None else role.count
+                    lines = startup_lines(settings, bound, communities, relay.pubkey, count)
+                    for line in lines:
                         log.info("%s", line)
                 if role is not None:
                     log.info("worker %d ready (pid %d)", role.index, os.getpid())

@@ -421,6 +421,12 @@ async def _serve(settings: Settings) -> None:
             async def on_signal() -> None:
                 async for signum in signals:
                     name = signal.Signals(signum).name
+                    if shutdown.is_set() and role is not None:
+                        # A signal to the whole process group (Ctrl-C, `kill -- -PGID`)
+                        # reaches a worker besides its parent's: the parent decides when
+                        # a worker must stop at once (it kills it).
+                        log.info("received %s, already shutting down", name)
+                        continue
                     if shutdown.is_set():
                         log.warning("received %s again, stopping now", name)
                         nursery.cancel_scope.cancel()

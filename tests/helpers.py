@@ -313,16 +313,18 @@ def clean_environ() -> dict[str, str]:
 
 @asynccontextmanager
 async def relay_process(
-    env: dict[str, str], port: int, log_path: Path
+    env: dict[str, str], port: int, log_path: Path, *, own_group: bool = False
 ) -> AsyncIterator[trio.Process]:
     """`python -m relay.cli serve` as its own OS process; yielded once /readyz answers 200.
-    Stopped with SIGTERM (then SIGKILL) on the way out unless the test already stopped it."""
+    Stopped with SIGTERM (then SIGKILL) on the way out unless the test already stopped it.
+    `own_group`: in a process group (and session) of its own, which a test may signal whole."""
     with open(log_path, "wb") as log:
         proc = await trio.lowlevel.open_process(
             [*RELAY_CLI, "serve"],
             env={**clean_environ(), **env, "RELAY_PORT": str(port)},
             stdout=subprocess.DEVNULL,
             stderr=log,
+            start_new_session=own_group,
         )
         try:
             with trio.fail_after(RELAY_READY_TIMEOUT):

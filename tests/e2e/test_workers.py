@@ -265,3 +265,34 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+async def test_sigterm_to_the_whole_process_group_still_drains_gracefully(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Ctrl-C in a terminal, `kill -- -PGID`, or timeout(1) signal the parent and every
+    worker at once, and the parent passes the signal on: a worker takes the second one as
+    part of the same shutdown (not as "stop now"), so what was acknowledged is stored."""
+    port = free_port()
+    log = tmp_path / "relay.log"
+    acked: list[str] = []
+    async with relay_process(worker_env(db_url, tmp_path), port, log, own_group=True) as parent:
+        await every_worker_ready(port)
+        async with trio.open_nursery() as clients:
+            for _ in range(4):
+
+                async def one() -> None:
+                    async with connect(port) as client:
+                        await publish_until_refused(client, acked)
+
+                clients.start_soon(one)
+            await trio.sleep(1.0)
+            os.killpg(parent.pid, signal.SIGTERM)
+            with trio.fail_after(40):
+                await parent.wait()
+    text = log.read_text()
+    assert parent.returncode == 0, text[-3000:]
+    assert "stopping now" not in text and "already shutting down" in text
+    assert len(acked) > 20
+    stored = set(await stored_ids(db_url))
+    assert not [i for i in acked if i not in stored]

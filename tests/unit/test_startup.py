@@ -40,3 +40,13 @@ def test_servers_are_named_and_passwords_never_shown() -> None:
     assert "git URLs: https://relay.example.com/<npub>/<repo>.git" in text
     for secret in ("s3cret", "hunter2", "topsecret", "AKIA", "11" * 32):
         assert secret not in text
+
+
+def test_a_unix_socket_database_and_the_workers_fan_out_are_named() -> None:
+    settings = load_settings({
+        "RELAY_DATABASE_URL": "postgresql://postgres:pw@/postgres?host=/srv/relay/pg&port=5432",
+    })  # fmt: skip
+    text = "\n".join(startup_lines(settings, "127.0.0.1:7777", [["localhost"]], "ab" * 32, 4))
+    assert "database: PostgreSQL on the unix socket in /srv/relay/pg, database postgres" in text
+    assert "events between pods: the worker bus between this relay's 4 workers" in text
+    assert ":pw@" not in text and "pw" not in text.split()
