@@ -332,6 +332,21 @@ async def purge_expired_forever(relay: Relay) -> None:
             log.info("purged %d expired events", purged)
 
 
+def start_chores(nursery: trio.Nursery, relay: Relay) -> None:
+    """The relay's periodic work over all its data: expired events, the purgatory, and the
+    relay-signed 30618s checked against the pointers. Each is safe on several pods at once;
+    of one relay's worker processes only the first runs them (a restarted one resumes)."""
+    settings = relay.settings
+    nursery.start_soon(purge_expired_forever, relay)
+    nursery.start_soon(
+        sweep_forever, relay.git.grasp, min(SWEEP_SECONDS, settings.git_purgatory_seconds)
+    )
+    if settings.git_reconcile_seconds > 0:
+        nursery.start_soon(
+            reconcile_forever, relay.ref_states, relay.registry, settings.git_reconcile_seconds
+        )
+
+
 def tune_garbage_collector() -> None:
     """Each connection keeps a few hundred long-lived objects, so with thousands of them
     the collector's passes get long and a fan-out that wakes every connection triggers
@@ -366,17 +381,11 @@ async def serve(
         relay.store.group = group
         background.start_soon(group.run)
         background.start_soon(relay.ingest.verifier.run)
-        background.start_soon(purge_expired_forever, relay)
         background.start_soon(relay.prober.run)
         background.start_soon(relay.moderation.run)
-        background.start_soon(
-            sweep_forever, relay.git.grasp, min(SWEEP_SECONDS, settings.git_purgatory_seconds)
-        )
-        if settings.git_reconcile_seconds > 0:
-            background.start_soon(
-                reconcile_forever, relay.ref_states, relay.registry,
-                settings.git_reconcile_seconds,
-            )  # fmt: skip
+        if role is None or role.index == 0:
+            # The relay's periodic chores, safe on several pods at once, are one worker's.
+            start_chores(background, relay)
         async with trio.open_nursery() as connections:
             listeners = await open_listeners(settings, role)
             port = listeners[0].socket.getsockname()[1]
