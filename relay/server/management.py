@@ -403,16 +403,18 @@ class Moderation:
             return
         await answer(stream, 200, result=result)
 
-    async def call(self, community_id: int, call: Call, *, members_checked: bool = False) -> Any:
+    async def call(self, community_id: int, call: Call) -> Any:
         """Carry out one method for the community; its result (RpcError: its error)."""
         p, store, cid = call.params, self.store, community_id
         state = self.state
-        members_only = state.access_of(cid).members_only
-        if members_only and call.method in MEMBERSHIP_METHODS and not members_checked:
-            # In a members-only community the allowed pubkeys are its members.
+        if state.access_of(cid).members_only and call.method in MEMBERSHIP_METHODS:
+            # In a members-only community the allowed pubkeys are its members, and a ban
+            # ends a membership too (then the ban itself, below).
             if self.membership is None:
                 raise RpcError("membership changes need the relay's key (RELAY_SECRET_KEY)")
-            return await self._member_call(cid, call, self.membership)
+            if call.method != "banpubkey":
+                return await self._member_call(cid, call, self.membership)
+            await self.membership.remove(cid, hex32(p, "public key"))
         match call.method:
             case "supportedmethods":
                 return list(METHODS)
@@ -465,20 +467,16 @@ class Moderation:
 
 
     async def _member_call(self, cid: int, call: Call, membership: Membership) -> Any:
-        """allowpubkey, unallowpubkey, listallowedpubkeys and banpubkey in a members-only
-        community: membership changes (a ban also ends the membership)."""
+        """allowpubkey, unallowpubkey and listallowedpubkeys in a members-only community:
+        the membership."""
         p = call.params
-        match call.method:
-            case "allowpubkey":
-                await membership.add(cid, hex32(p, "public key"))
-            case "unallowpubkey":
-                await membership.remove(cid, hex32(p, "public key"))
-            case "listallowedpubkeys":
-                members = await membership.store.members(cid)
-                return [{"pubkey": m.pubkey, "reason": f"member ({m.via})"} for m in members]
-            case "banpubkey":
-                await membership.remove(cid, hex32(p, "public key"))
-                return await self.call(cid, call, members_checked=True)
+        if call.method == "listallowedpubkeys":
+            members = await membership.store.members(cid)
+            return [{"pubkey": m.pubkey, "reason": f"member ({m.via})"} for m in members]
+        if call.method == "allowpubkey":
+            await membership.add(cid, hex32(p, "public key"))
+        else:
+            await membership.remove(cid, hex32(p, "public key"))
         return True
 
 

@@ -91,6 +91,19 @@ def transfers(stderr: bytes) -> dict[str, int]:
     return {k: v for k, v in counts.items() if k not in ("keys", "have", "need")}
 
 
+def assert_failed_naming(
+    result: subprocess.CompletedProcess[bytes], named: str, *, invalid: int, refused: int
+) -> None:
+    """Exit 1, a line starting with `named`, and the last line counting what failed."""
+    assert result.returncode == 1, result.stderr.decode()
+    lines = result.stderr.decode().strip().splitlines()
+    assert any(line.strip().startswith(named) for line in lines), lines
+    assert lines[-1] == (
+        f"relay: {invalid} fetched events were invalid and {refused} sent events were refused"
+        " by the remote (the others were stored and sent)"
+    )
+
+
 async def publish_all(port: int, events: list[Event]) -> None:
     async with connect(port) as client:
         await client.publish_many(events, window=100)
@@ -211,16 +224,9 @@ async def test_up_counts_and_names_refusals_and_sends_the_rest(
         [f"ws://{HOST}:{there.port}", "--direction", "up", "--batch", "5"],
         here.db_url, tmp_path / "cli",
     )  # fmt: skip
-    assert result.returncode == 1, result.stderr.decode()
     assert transfers(result.stderr) == moved(sent=13, accepted=12, refused=1)
-    lines = result.stderr.decode().strip().splitlines()
-    assert any(
-        line.strip().startswith(f"event {big.id} refused by the remote: invalid: event is")
-        for line in lines
-    ), lines
-    assert lines[-1] == (
-        "relay: 0 fetched events were invalid and 1 sent events were refused by the remote "
-        "(the others were stored and sent)"
+    assert_failed_naming(
+        result, f"event {big.id} refused by the remote: invalid: event is", invalid=0, refused=1
     )
     assert await ids_on(there.db_url) == ids(small)
     assert await ids_on(here.db_url) == ids(small, big)  # up never stores here
@@ -415,16 +421,9 @@ async def test_forged_events_from_the_remote_are_counted_named_and_not_stored(
     forged["content"] = "not what was signed"
     async with fake_relay(nip77_relay([good.to_dict(), forged])) as url:
         result = await run_sync([url], db_url, tmp_path / "cli")
-    assert result.returncode == 1, result.stderr.decode()
     assert transfers(result.stderr) == moved(fetched=2, stored=1, invalid=1)
-    lines = result.stderr.decode().strip().splitlines()
-    assert any(
-        line.strip().startswith(f"event {forged['id']} from the remote is invalid: ")
-        for line in lines
-    ), lines
-    assert lines[-1] == (
-        "relay: 1 fetched events were invalid and 0 sent events were refused by the remote "
-        "(the others were stored and sent)"
+    assert_failed_naming(
+        result, f"event {forged['id']} from the remote is invalid: ", invalid=1, refused=0
     )
     assert await ids_on(db_url) == {good.id}
 
