@@ -292,7 +292,9 @@ async def test_sigterm_to_the_whole_process_group_still_drains_gracefully(
                 await parent.wait()
     text = log.read_text()
     assert parent.returncode == 0, text[-3000:]
-    assert "stopping now" not in text and "already shutting down" in text
+    # (A worker logs "already shutting down" when the second signal reaches it as one of
+    # its own: two pending signals of one kind may arrive as one, or after it has exited.)
+    assert "stopping now" not in text
     assert len(acked) > 20
     stored = set(await stored_ids(db_url))
     assert not [i for i in acked if i not in stored]
